@@ -1,0 +1,617 @@
+"""`WorkflowContext`: what a handler sees, and how each call becomes durable.
+
+A handler is replayed from the top on every segment. `ctx.step` returns the recorded
+result of a step that completed before, and records a new step *before* returning it;
+sleeps and event waits either return (their condition is met) or raise `Suspended`,
+which unwinds the handler and ends the segment. Every record goes to the store before
+the call returns; a store failure poisons the context, so the segment stops instead of
+continuing on state the database has not seen.
+
+Step keys: the first call of a step name is keyed by the name, later calls of the same
+name in one run by ``name#2``, ``name#3``... in call order, which is deterministic for
+deterministic code (also under ``asyncio.gather``: tasks start in argument order). Pass
+``key=`` for data-driven loops (``ctx.step("charge", f, key=item.id)``) so that keys do not
+depend on iteration order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import ValidationError
+
+from kflow.clock import Clock
+from kflow.compensations import Closures, Compensations
+from kflow.env import EnvAccess, EnvProvider
+from kflow.errors import (
+    EventPayloadError,
+    EventTimeout,
+    KflowError,
+    NonRetryable,
+    PersistenceError,
+    StepFailed,
+    StepTimeout,
+    UndeclaredNameError,
+    WorkflowTimeout,
+)
+from kflow.http import CircuitBreakers, HttpClient
+from kflow.kv import KvHandle
+from kflow.models import (
+    AuthContext,
+    RunRecord,
+    StepKind,
+    StepState,
+    StepStatus,
+    SuspendKind,
+    SuspendReason,
+)
+from kflow.retry import NO_RETRY, RetryPolicy
+from kflow.serde import decode, describe_validation_error, encode
+from kflow.store import Database, Store
+from kflow.workflow import (
+    Registry,
+    WorkflowDefinition,
+    return_type,
+)
+
+__all__ = ["SegmentEnded", "Services", "Suspended", "WorkflowContext"]
+
+T = TypeVar("T")
+_MISSING: Any = object()
+_DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
+
+
+class Suspended(BaseException):
+    """Unwinds a handler at a sleep or event wait. Not an `Exception`, so user code's
+    ``except Exception`` cannot swallow it; do not catch `BaseException` in handlers."""
+
+    def __init__(self, reason: SuspendReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SegmentEnded(BaseException):
+    """Raised in tasks a handler left running after its segment ended."""
+
+
+@dataclass
+class Services:
+    """What the engine lends every context: one instance per engine."""
+
+    store: Store
+    registry: Registry
+    clock: Clock
+    env: EnvProvider
+    breakers: CircuitBreakers
+    http_client: httpx.AsyncClient
+    closures: Closures = field(default_factory=dict)
+    app_db: Database | None = None
+    persist_step_start: bool = False
+    max_inline_backoff: timedelta = timedelta(seconds=30)
+
+
+class _ResultNotJSON(NonRetryable, TypeError):
+    """A step returned something JSON cannot hold: retrying would not help."""
+
+
+class WorkflowContext(EnvAccess):
+    """The handle a workflow handler gets: steps, sleeps, events, state, env, http, db."""
+
+    def __init__(
+        self,
+        *,
+        run: RunRecord,
+        definition: WorkflowDefinition | None,
+        history: list[StepState],
+        saved_state: dict[str, Any],
+        services: Services,
+    ) -> None:
+        super().__init__(services.env)
+        self.run_id: uuid.UUID = run.run_id
+        self.workflow_name: str = run.workflow_name
+        self.workflow_version: int | None = run.workflow_version
+        self.started_at: datetime = run.started_at or services.clock.now()
+        self.auth: AuthContext = run.auth
+        self.is_resumed: bool = run.segments > 1
+        self.resumed_from_sleep: bool = run.suspend_kind == SuspendKind.SLEEP
+        self._tenant_id = run.tenant_id
+        self._deadline = run.deadline
+        self._definition = definition
+        self._svc = services
+        self._epoch = run.lease_epoch
+        self._steps = {s.key: s for s in history}
+        self._state = dict(saved_state)
+        self._seq = max((s.seq or 0 for s in history), default=0)
+        self._occurrences: dict[str, int] = {}
+        self._time = self.started_at
+        self._suspend: SuspendReason | None = None
+        self._poison: PersistenceError | None = None
+        self._closed = False
+        self._persist_start = services.persist_step_start
+        self._http_timeout: float | None = None
+        self.kv = KvHandle(services.store, namespace=run.workflow_name, clock=services.clock)
+        self.compensations = Compensations(
+            run_id=run.run_id,
+            steps=self._steps,
+            write=self._write,
+            ctx=self,
+            registry=services.registry,
+            closures=services.closures,
+        )
+
+    # -- identity and time ---------------------------------------------------------
+
+    @property
+    def tenant_id(self) -> uuid.UUID | None:
+        return self._tenant_id
+
+    def workflow_time(self) -> datetime:
+        """The time of the latest history this execution has reached: the run's start,
+        then each recorded step completion, event receipt or sleep end. Identical on
+        every replay, so it is safe to branch on; it does not move between records."""
+        return self._time
+
+    def elapsed(self) -> timedelta:
+        """``workflow_time() - started_at``: deterministic like `workflow_time`."""
+        return self._time - self.started_at
+
+    def _reach(self, when: datetime | None) -> None:
+        if when is not None and when > self._time:
+            self._time = when
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _guard(self) -> None:
+        if self._closed:
+            raise SegmentEnded(f"run {self.run_id}: this segment has ended")
+        if self._poison is not None:
+            raise self._poison
+        if self._deadline is not None and self._svc.clock.now() >= self._deadline:
+            raise WorkflowTimeout(f"run {self.run_id} passed its deadline {self._deadline}")
+
+    async def _write(self, step: StepState) -> None:
+        self._guard()
+        try:
+            await self._svc.store.write_step(self.run_id, self._epoch, step)
+        except PersistenceError as exc:
+            self._poison = exc
+            raise
+        self._steps[step.key] = step
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _occurrence(self, name: str) -> int:
+        n = self._occurrences.get(name, 0) + 1
+        self._occurrences[name] = n
+        return n
+
+    def _declared(self, kind: str, name: str) -> None:
+        if self._definition is None:
+            return
+        names = self._definition.steps if kind == "step" else self._definition.events
+        if name not in names:
+            raise UndeclaredNameError(
+                f"{kind} {name!r} is not declared by workflow {self.workflow_name!r} "
+                f"v{self.workflow_version} (declared: {', '.join(names) or 'none'}); "
+                f"declare it in @workflow({kind}s=[...]) under a new version"
+            )
+
+    def _suspending(self, reason: SuspendReason) -> Suspended:
+        """Remember why the segment ends (for `take_suspend_reason`); raise the result."""
+        self._suspend = reason
+        return Suspended(reason)
+
+    def take_suspend_reason(self) -> SuspendReason | None:
+        """Why the handler stopped, if it suspended; cleared by reading."""
+        reason, self._suspend = self._suspend, None
+        return reason
+
+    def close(self) -> None:
+        """End the segment: later calls from stray tasks raise `SegmentEnded`."""
+        self._closed = True
+
+    @property
+    def poisoned(self) -> PersistenceError | None:
+        return self._poison
+
+    def with_persist_step_start(self, persist: bool = True) -> WorkflowContext:
+        """Record each step's start before running it (one more write per step), so that
+        a long step shows as running; by default only its outcome is written."""
+        self._persist_start = persist
+        return self
+
+    # -- steps ---------------------------------------------------------------------
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T | Awaitable[T]],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        compensate: Any = None,
+        key: str | None = None,
+        result_type: Any = _MISSING,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` once for this run and return its result.
+
+        A step that completed before returns its recorded result without calling ``fn``.
+        ``retry`` (default: one attempt) and ``timeout`` (per attempt) apply to new
+        executions; ``compensate`` is a `@compensation` (called with the result), a
+        ``compensation.bind(...)`` call, a ``("name", *json_args)`` tuple — all durable —
+        or any callable taking the result (in-process only). The result comes back as
+        ``result_type``, by default ``fn``'s return annotation, else as JSON.
+        """
+        self._guard()
+        self._declared("step", name)
+        skey = f"{name}[{key}]" if key is not None else _numbered(name, self._occurrence(name))
+        rtype = return_type(fn) if result_type is _MISSING else result_type
+        found = self._steps.get(skey)
+        if found is not None and found.status in _DONE:
+            self._reach(found.completed_at)
+            result = decode(found.result, rtype)
+            self.compensations.keep(skey, compensate, result)
+            return result  # type: ignore[no-any-return]
+        if found is not None and found.status == StepStatus.FAILED:
+            self._reach(found.completed_at)
+            raise _replayed_failure(skey, found.error)
+        descriptor = self.compensations.describe(skey, compensate)
+        policy = retry or NO_RETRY
+        state = found or StepState(key=skey, name=name, started_at=self._svc.clock.now())
+        if state.status == StepStatus.RETRYING and state.wake_at is not None:
+            await self._wait_for_retry(state)
+        while True:
+            state = replace(state, attempts=state.attempts + 1, status=StepStatus.RUNNING)
+            if self._persist_start:
+                await self._write(state)
+            try:
+                result, encoded = await _invoke(fn, args, kwargs, timeout, rtype)
+            except Exception as exc:
+                now = self._svc.clock.now()
+                error = f"{type(exc).__name__}: {exc}"
+                if policy.should_retry(exc, state.attempts):
+                    wake = now + policy.backoff(state.attempts)
+                    state = replace(state, status=StepStatus.RETRYING, error=error, wake_at=wake)
+                    await self._write(state)
+                    await self._wait_for_retry(state)
+                    continue
+                state = replace(state, status=StepStatus.FAILED, error=error, completed_at=now)
+                await self._write(state)
+                self._reach(now)
+                raise StepFailed(skey, type(exc).__name__, str(exc)) from exc
+            now = self._svc.clock.now()
+            await self._write(
+                replace(
+                    state,
+                    status=StepStatus.COMPLETED,
+                    result=encoded,
+                    error=None,
+                    wake_at=None,
+                    completed_at=now,
+                    compensation=descriptor,
+                    seq=self._next_seq(),
+                )
+            )
+            self._reach(now)
+            self.compensations.keep(skey, compensate, result)
+            return result  # type: ignore[no-any-return]
+
+    async def _wait_for_retry(self, state: StepState) -> None:
+        assert state.wake_at is not None
+        delay = state.wake_at - self._svc.clock.now()
+        if delay > self._svc.max_inline_backoff:
+            raise self._suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
+        await self._svc.clock.sleep(delay.total_seconds())
+        self._guard()
+
+    async def record_step_start(self, name: str) -> None:
+        """Persist that step ``name`` started; a no-op once it has started or finished."""
+        self._declared("step", _base(name))
+        if name not in self._steps:
+            now = self._svc.clock.now()
+            await self._write(StepState(key=name, name=_base(name), attempts=1, started_at=now))
+
+    async def record_step_complete(self, name: str, result: Any) -> None:
+        self._declared("step", _base(name))
+        now = self._svc.clock.now()
+        prior = self._steps.get(name) or StepState(key=name, name=_base(name), started_at=now)
+        await self._write(
+            replace(
+                prior,
+                status=StepStatus.COMPLETED,
+                attempts=max(prior.attempts, 1),
+                result=encode(result),
+                error=None,
+                completed_at=now,
+                seq=self._next_seq(),
+            )
+        )
+        self._reach(now)
+
+    async def record_step_failure(self, name: str, error: str) -> None:
+        self._declared("step", _base(name))
+        now = self._svc.clock.now()
+        prior = self._steps.get(name) or StepState(key=name, name=_base(name), started_at=now)
+        await self._write(
+            replace(
+                prior,
+                status=StepStatus.FAILED,
+                attempts=max(prior.attempts, 1),
+                error=error,
+                completed_at=now,
+            )
+        )
+
+    async def record_step_compensated(self, name: str) -> None:
+        prior = self._steps.get(name)
+        if prior is None:
+            raise KflowError(f"run {self.run_id}: no step {name!r} to mark compensated")
+        await self._write(replace(prior, status=StepStatus.COMPENSATED, error=None))
+
+    def get_step_state(self, name: str) -> StepState | None:
+        state = self._steps.get(name)
+        return replace(state) if state is not None and state.kind == StepKind.STEP else None
+
+    def is_step_started(self, name: str) -> bool:
+        return self.get_step_state(name) is not None
+
+    def is_step_completed(self, name: str) -> bool:
+        state = self.get_step_state(name)
+        return state is not None and state.status in _DONE
+
+    def get_step_result(self, name: str, result_type: type[T] | None = None) -> T | None:
+        state = self.get_step_state(name)
+        if state is None or state.status not in _DONE:
+            return None
+        return decode(state.result, result_type)  # type: ignore[no-any-return]
+
+    def all_step_states(self) -> dict[str, StepState]:
+        return {k: replace(s) for k, s in self._steps.items() if s.kind == StepKind.STEP}
+
+    def completed_steps_reversed(self) -> list[str]:
+        """Keys of completed steps, most recently completed first."""
+        done = [s for s in self._steps.values() if s.kind == StepKind.STEP and s.seq]
+        return [s.key for s in sorted(done, key=lambda s: s.seq or 0, reverse=True)]
+
+    # -- compensation (see kflow.compensations) -------------------------------------
+
+    async def register_compensation(self, step: str, handler: Any) -> None:
+        """Attach a compensation to completed step ``step`` (same forms as ``compensate=``)."""
+        state = self._steps.get(step)
+        if state is None or state.status != StepStatus.COMPLETED:
+            raise KflowError(f"run {self.run_id}: step {step!r} has not completed")
+        descriptor = self.compensations.describe(step, handler)
+        await self._write(replace(state, compensation=descriptor))
+        self.compensations.keep(step, handler, decode(state.result, None))
+
+    def has_compensation(self, step: str) -> bool:
+        return self.compensations.handler(step) is not None
+
+    def get_compensation_handler(self, step: str) -> Callable[[], Awaitable[None]] | None:
+        return self.compensations.handler(step)
+
+    def compensation_handlers(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return self.compensations.handlers()
+
+    async def run_compensation(self) -> list[tuple[str, bool]]:
+        """Compensate completed steps in reverse completion order; ``[(step, ok)]``."""
+        return await self.compensations.run()
+
+    # -- sleeps --------------------------------------------------------------------
+
+    async def sleep(self, duration: timedelta) -> None:
+        """Suspend for ``duration``; the wake time is persisted, the executor resumes the run."""
+        self._guard()
+        key = f"@sleep#{self._occurrence('@sleep')}"
+        state = self._steps.get(key)
+        if state is None:
+            if duration <= timedelta(0):
+                return
+            await self._start_sleep(key, self._svc.clock.now() + duration)
+        else:
+            await self._finish_sleep(state)
+
+    async def sleep_until(self, wake_at: datetime) -> None:
+        """Suspend until ``wake_at``; returns at once if that has passed."""
+        self._guard()
+        key = f"@sleep#{self._occurrence('@sleep')}"
+        state = self._steps.get(key)
+        if state is None:
+            if wake_at <= self._svc.clock.now():
+                self._reach(wake_at)
+                return
+            await self._start_sleep(key, wake_at)
+        else:
+            await self._finish_sleep(state)
+
+    async def _start_sleep(self, key: str, wake_at: datetime) -> None:
+        now = self._svc.clock.now()
+        await self._write(
+            StepState(
+                key=key,
+                name="sleep",
+                kind=StepKind.SLEEP,
+                status=StepStatus.WAITING,
+                attempts=1,
+                started_at=now,
+                wake_at=wake_at,
+                seq=self._next_seq(),
+            )
+        )
+        raise self._suspending(SuspendReason(SuspendKind.SLEEP, key, wake_at))
+
+    async def _finish_sleep(self, state: StepState) -> None:
+        assert state.wake_at is not None
+        if self._svc.clock.now() < state.wake_at:
+            raise self._suspending(SuspendReason(SuspendKind.SLEEP, state.key, state.wake_at))
+        if state.status == StepStatus.WAITING:  # first pass after waking: show it as done
+            await self._write(
+                replace(state, status=StepStatus.COMPLETED, completed_at=state.wake_at)
+            )
+        self._reach(state.wake_at)
+
+    # -- events --------------------------------------------------------------------
+
+    async def wait_for_event(
+        self, name: str, *, timeout: timedelta | None = None, type: Any = None
+    ) -> Any:
+        """The next event ``name`` sent to this run (kept in its inbox if it came early).
+
+        Suspends until it arrives; raises `EventTimeout` after ``timeout`` and
+        `EventPayloadError` (naming the field) when the payload does not parse as ``type``.
+        """
+        self._guard()
+        self._declared("event", name)
+        key = f"@event:{name}#{self._occurrence('@event:' + name)}"
+        state = self._steps.get(key)
+        if state is not None and state.status == StepStatus.COMPLETED:
+            self._reach(state.completed_at)
+            return _parse_event(name, state.result, type)
+        if state is not None and state.status == StepStatus.FAILED:
+            self._reach(state.completed_at)
+            raise EventTimeout(state.error or f"event {name!r} timed out")
+        now = self._svc.clock.now()
+        seq = self._next_seq()
+        try:
+            found, payload = await self._svc.store.consume_event(
+                self.run_id, self._epoch, name=name, wait_key=key, now=now, seq=seq
+            )
+        except PersistenceError as exc:
+            self._poison = exc
+            raise
+        if found:
+            self._steps[key] = StepState(
+                key=key, name=name, kind=StepKind.EVENT, status=StepStatus.COMPLETED,
+                attempts=1, result=payload, started_at=now, completed_at=now, seq=seq,
+            )  # fmt: skip
+            self._reach(now)
+            return _parse_event(name, payload, type)
+        deadline = state.wake_at if state is not None else (now + timeout if timeout else None)
+        if deadline is not None and now >= deadline:
+            message = f"event {name!r} did not arrive by {deadline.isoformat()}"
+            base = state or StepState(key=key, name=name, kind=StepKind.EVENT, started_at=now)
+            await self._write(
+                replace(base, status=StepStatus.FAILED, error=message, completed_at=now)
+            )
+            self._reach(now)
+            raise EventTimeout(message)
+        if state is None:
+            await self._write(
+                StepState(
+                    key=key, name=name, kind=StepKind.EVENT, status=StepStatus.WAITING,
+                    attempts=1, started_at=now, wake_at=deadline, seq=seq,
+                )
+            )  # fmt: skip
+        raise self._suspending(SuspendReason(SuspendKind.EVENT, key, deadline, event=name))
+
+    # -- saved state ---------------------------------------------------------------
+
+    async def save_state(self, key: str, value: Any) -> None:
+        """Persist ``value`` under ``key`` for this run (before returning)."""
+        self._guard()
+        encoded = encode(value)
+        try:
+            await self._svc.store.save_state(self.run_id, self._epoch, key, encoded)
+        except PersistenceError as exc:
+            self._poison = exc
+            raise
+        self._state[key] = encoded
+
+    def load_state(self, key: str, type: Any = None) -> Any:
+        """The value saved under ``key`` (as ``type`` if given), or None."""
+        if key not in self._state:
+            return None
+        return decode(self._state[key], type)
+
+    def take_saved_state(self) -> dict[str, Any]:
+        """A snapshot of all saved state (JSON values)."""
+        return dict(self._state)
+
+    # -- resources -----------------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        """The application database pool the engine was given (``Engine(app_db=...)``)."""
+        if self._svc.app_db is None:
+            raise KflowError("no application database is configured: pass app_db= to Engine")
+        return self._svc.app_db
+
+    @property
+    def http(self) -> HttpClient:
+        """An HTTP client behind per-host circuit breakers; use it inside steps."""
+        return HttpClient(self._svc.http_client, self._svc.breakers, self._http_timeout)
+
+    @property
+    def raw_http(self) -> httpx.AsyncClient:
+        """The underlying httpx client, without breakers or the context's timeout."""
+        return self._svc.http_client
+
+    def set_http_timeout(self, timeout: timedelta | float | None) -> None:
+        """Default timeout of ``ctx.http`` requests from this context (None: httpx's)."""
+        self._http_timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+
+
+def _numbered(name: str, n: int) -> str:
+    return name if n == 1 else f"{name}#{n}"
+
+
+def _base(key: str) -> str:
+    return key.split("#", 1)[0].split("[", 1)[0]
+
+
+def _replayed_failure(key: str, error: str | None) -> StepFailed:
+    error_type, _, message = (error or "Error: unknown").partition(": ")
+    return StepFailed(key, error_type, message)
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    value = fn(*args, **kwargs)
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _invoke(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: timedelta | None,
+    rtype: Any,
+) -> tuple[Any, Any]:
+    """Call the step function (sync or async) under the attempt timeout; return the value
+    the handler gets and its JSON form."""
+    if timeout is None:
+        result = await _call(fn, args, kwargs)
+    else:
+        limit = asyncio.timeout(timeout.total_seconds())
+        try:
+            async with limit:
+                result = await _call(fn, args, kwargs)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise StepTimeout(f"attempt exceeded its timeout of {timeout}") from exc
+            raise
+    try:
+        encoded = encode(result)
+    except TypeError as exc:
+        raise _ResultNotJSON(str(exc)) from exc
+    return (result if rtype is not None else encoded), encoded
+
+
+def _parse_event(name: str, payload: Any, tp: Any) -> Any:
+    try:
+        return decode(payload, tp)
+    except ValidationError as exc:
+        raise EventPayloadError(
+            f"event {name!r}: payload does not match {getattr(tp, '__name__', tp)}: "
+            f"{describe_validation_error(exc)}"
+        ) from exc

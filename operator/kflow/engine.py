@@ -1,0 +1,406 @@
+"""The engine: creates runs and advances them one segment at a time.
+
+`Engine.run_segment` takes the run's lease (a new fencing epoch), binds the run to a
+workflow version on its first segment, replays the handler from the top until it
+suspends or ends, records the outcome and gives the lease back. It is what every
+executor calls: the inline executor in the operator, ``kflow runner`` in a Pod, and
+`kflow.testing.WorkflowTestEnv`. Executors decide *when* to call it again from the
+returned `SegmentOutcome.ready_at`.
+
+Outcomes: the handler returns -> Completed; raises -> Failed; suspends -> Waiting; the
+code cannot serve the run -> Blocked*; `cancel` -> Compensating, then Compensated (or
+CancelledByOperator when there was nothing to compensate, Failed when a compensation
+failed or was lost); `retire` -> RetiredUnresumable. Store failures and lost leases are
+not outcomes: they propagate (`TransientError`) and leave the run as the database has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from kflow.clock import Clock, SystemClock
+from kflow.context import SegmentEnded, Services, Suspended, WorkflowContext
+from kflow.env import EnvProvider, OsEnv
+from kflow.errors import (
+    InvalidInput,
+    TransientError,
+    UndeclaredNameError,
+    WorkflowTimeout,
+)
+from kflow.http import CircuitBreakers
+from kflow.models import (
+    AuthContext,
+    RunRecord,
+    RunStatus,
+    SegmentOutcome,
+    StepState,
+    SuspendReason,
+)
+from kflow.serde import decode, describe_validation_error, encode
+from kflow.store import Database, SendResult, Store
+from kflow.workflow import Registry, WorkflowDefinition
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs workflows from a `Registry` against a `Store`.
+
+    ``owner`` names this executor in leases (default: host and pid). ``lease_ttl`` is how
+    long a crashed executor keeps a run locked; live segments renew it every third of it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        clock: Clock | None = None,
+        owner: str | None = None,
+        lease_ttl: timedelta = timedelta(seconds=60),
+        persist_step_start: bool = False,
+        max_inline_backoff: timedelta = timedelta(seconds=30),
+        env: EnvProvider | None = None,
+        app_db: Database | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock: Clock = clock or SystemClock()
+        self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = lease_ttl
+        self._own_http = http_client is None
+        self._services = Services(
+            store=store,
+            registry=registry,
+            clock=self.clock,
+            env=env or OsEnv(),
+            breakers=CircuitBreakers(self.clock),
+            http_client=http_client or httpx.AsyncClient(),
+            app_db=app_db,
+            persist_step_start=persist_step_start,
+            max_inline_backoff=max_inline_backoff,
+        )
+
+    async def close(self) -> None:
+        if self._own_http:
+            await self._services.http_client.aclose()
+
+    async def register_definitions(self) -> None:
+        """Record every workflow of the registry (name, version, signature, schemas)."""
+        for d in self.registry.workflows():
+            await self.store.upsert_definition(
+                name=d.name,
+                version=d.version,
+                signature=d.signature,
+                steps=d.steps,
+                events=d.events,
+                timeout_s=d.timeout.total_seconds() if d.timeout else None,
+                input_schema=d.input_schema,
+                output_schema=d.output_schema,
+                now=self.clock.now(),
+            )
+
+    # -- creating runs and talking to them -----------------------------------------
+
+    async def start(
+        self,
+        workflow: str | WorkflowDefinition,
+        input: Any = None,
+        *,
+        version: int | None = None,
+        run_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
+        tenant_id: uuid.UUID | None = None,
+        auth: AuthContext | None = None,
+        timeout: timedelta | None = None,
+    ) -> RunRecord:
+        """Create a run (idempotent by ``run_id`` or ``idempotency_key``); it does not run
+        until an executor calls `run_segment`. Input is validated now when the workflow
+        is known; otherwise the run binds (or blocks) on its first segment."""
+        if isinstance(workflow, WorkflowDefinition):
+            name, version = workflow.name, version or workflow.version
+        else:
+            name = workflow
+        definition = self.registry.get(name, version) if version else self.registry.active(name)
+        encoded = encode(input)
+        if definition is not None:
+            self._decode_input(definition, encoded)
+        record, _ = await self.store.create_run(
+            run_id=run_id or uuid.uuid4(),
+            workflow_name=name,
+            workflow_version=version,
+            signature=None,
+            status=RunStatus.CREATED,
+            input=encoded,
+            tenant_id=tenant_id,
+            auth=auth or AuthContext(),
+            timeout_s=timeout.total_seconds() if timeout else None,
+            idempotency_key=idempotency_key,
+            now=self.clock.now(),
+        )
+        return record
+
+    async def get_run(self, run_id: uuid.UUID) -> RunRecord:
+        return await self.store.get_run(run_id)
+
+    async def history(self, run_id: uuid.UUID) -> list[StepState]:
+        steps, _ = await self.store.load_history(run_id)
+        return sorted(steps, key=lambda s: (s.seq is None, s.seq or 0, s.started_at, s.key))
+
+    async def send_event(
+        self, run_id: uuid.UUID, name: str, payload: Any = None, *, dedupe_key: str | None = None
+    ) -> SendResult:
+        """Deliver an event to a run's inbox. ``wakes_run`` says the run waits for it."""
+        run = await self.store.get_run(run_id)
+        definition = self.registry.get(run.workflow_name, run.workflow_version or 0)
+        if definition is not None and name not in definition.events:
+            raise UndeclaredNameError(
+                f"event {name!r} is not declared by workflow {run.workflow_name!r} "
+                f"v{run.workflow_version} (declared: {', '.join(definition.events) or 'none'})"
+            )
+        return await self.store.send_event(
+            run_id, name=name, payload=encode(payload), dedupe_key=dedupe_key, now=self.clock.now()
+        )
+
+    # -- advancing runs ------------------------------------------------------------
+
+    async def run_segment(self, run_id: uuid.UUID, *, steal: bool = False) -> SegmentOutcome:
+        """Advance the run to its next suspension or its end.
+
+        ``steal=True`` takes the lease even from a live holder (whose writes are then
+        refused): for an executor that knows the previous one is gone."""
+        run = await self.store.acquire_lease(
+            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=steal
+        )
+        async with self._heartbeat(run):
+            if run.status.is_terminal:
+                await self._finish(run, run.status)
+                return _outcome(run.run_id, run.status, output=run.output, error=run.error)
+            if run.status == RunStatus.COMPENSATING:
+                return await self._compensate(run)
+            return await self._advance(run)
+
+    async def cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> SegmentOutcome:
+        """Stop the run and compensate its completed steps (taking over its lease)."""
+        run = await self.store.acquire_lease(
+            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=True
+        )
+        async with self._heartbeat(run):
+            if run.status.is_terminal:
+                await self._finish(run, run.status)
+                return _outcome(run.run_id, run.status, output=run.output, error=run.error)
+            await self.store.update_run(
+                run.run_id,
+                run.lease_epoch,
+                now=self.clock.now(),
+                status=RunStatus.COMPENSATING,
+                error=f"cancelled: {reason}",
+                wake_at=None,
+                waiting_event=None,
+            )
+            run.error = f"cancelled: {reason}"
+            return await self._compensate(run)
+
+    async def retire(self, run_id: uuid.UUID, reason: str = "retired") -> SegmentOutcome:
+        """Mark a run that no code can resume as RetiredUnresumable (no compensation)."""
+        run = await self.store.acquire_lease(
+            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=True
+        )
+        status = run.status if run.status.is_terminal else RunStatus.RETIRED_UNRESUMABLE
+        error = run.error if run.status.is_terminal else f"retired: {reason}"
+        await self._finish(run, status, error=error)
+        return _outcome(run.run_id, status, error=error)
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, run: RunRecord) -> Any:
+        async def renew() -> None:
+            interval = self.lease_ttl.total_seconds() / 3
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.store.renew_lease(
+                        run.run_id, run.lease_epoch, now=self.clock.now(), ttl=self.lease_ttl
+                    )
+                except TransientError:
+                    return  # the segment's next write will fail the same way and stop it
+
+        task = asyncio.create_task(renew(), name=f"kflow-lease-{run.run_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _finish(
+        self,
+        run: RunRecord,
+        status: RunStatus,
+        *,
+        reason: SuspendReason | None = None,
+        **fields: Any,
+    ) -> None:
+        await self.store.update_run(
+            run.run_id,
+            run.lease_epoch,
+            now=self.clock.now(),
+            release=True,
+            status=status,
+            wake_at=reason.wake_at if reason else None,
+            waiting_event=reason.event if reason else None,
+            suspend_kind=reason.kind if reason else None,
+            **fields,
+        )
+        if status.is_terminal:
+            self._services.closures.pop(run.run_id, None)
+
+    def _resolve(self, run: RunRecord) -> tuple[WorkflowDefinition | None, RunStatus, str]:
+        name, version = run.workflow_name, run.workflow_version
+        if not self.registry.has_workflow(name):
+            return None, RunStatus.BLOCKED_MISSING_HANDLER, f"no handler for workflow {name!r}"
+        definition = (
+            self.registry.active(name) if version is None else self.registry.get(name, version)
+        )
+        if definition is None:
+            return None, RunStatus.BLOCKED_MISSING_VERSION, f"workflow {name!r} has no v{version}"
+        if run.signature is not None and run.signature != definition.signature:
+            return (
+                None,
+                RunStatus.BLOCKED_SIGNATURE_MISMATCH,
+                f"run was bound to signature {run.signature[:12]} but the code of {name!r} "
+                f"v{definition.version} has {definition.signature[:12]}: its steps, events, "
+                "timeout or types changed without a new version",
+            )
+        return definition, RunStatus.RUNNING, ""
+
+    def _decode_input(self, definition: WorkflowDefinition, raw: Any) -> Any:
+        try:
+            return decode(raw, definition.input_type)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"input of workflow {definition.name!r} v{definition.version}: "
+                f"{describe_validation_error(exc)}"
+            ) from exc
+
+    async def _advance(self, run: RunRecord) -> SegmentOutcome:
+        definition, status, why = self._resolve(run)
+        if definition is None:
+            await self._finish(run, status, error=why)
+            return _outcome(run.run_id, status, error=why)
+        now = self.clock.now()
+        if run.signature is None:
+            timeout = run.timeout_seconds or (
+                definition.timeout.total_seconds() if definition.timeout else None
+            )
+            run.workflow_version, run.signature = definition.version, definition.signature
+            run.started_at = run.started_at or now
+            run.deadline = run.started_at + timedelta(seconds=timeout) if timeout else None
+            await self.store.update_run(
+                run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING,
+                workflow_version=run.workflow_version, signature=run.signature,
+                started_at=run.started_at, deadline=run.deadline, error=None,
+            )  # fmt: skip
+        elif run.status != RunStatus.RUNNING:
+            await self.store.update_run(
+                run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING, error=None
+            )
+        try:
+            arg = self._decode_input(definition, run.input)
+        except InvalidInput as exc:
+            await self._finish(run, RunStatus.FAILED, error=str(exc), completed_at=now)
+            return _outcome(run.run_id, RunStatus.FAILED, error=str(exc))
+        history, saved = await self.store.load_history(run.run_id)
+        ctx = WorkflowContext(
+            run=run, definition=definition, history=history, saved_state=saved,
+            services=self._services,
+        )  # fmt: skip
+        return await self._execute(run, definition, ctx, arg)
+
+    async def _execute(
+        self, run: RunRecord, definition: WorkflowDefinition, ctx: WorkflowContext, arg: Any
+    ) -> SegmentOutcome:
+        error: str | None = None
+        output: Any = None
+        remaining = (run.deadline - self.clock.now()).total_seconds() if run.deadline else None
+        try:
+            if remaining is not None and remaining <= 0:
+                raise WorkflowTimeout(f"run passed its deadline {run.deadline}")
+            async with asyncio.timeout(remaining):
+                args = (ctx, arg) if definition.takes_input else (ctx,)
+                result = await definition.handler(*args)
+            output = encode(result)
+        except (Suspended, SegmentEnded):
+            pass
+        except TransientError:
+            raise
+        except TimeoutError as exc:
+            expired = run.deadline is not None and self.clock.now() >= run.deadline
+            if expired or isinstance(exc, WorkflowTimeout):
+                exc = WorkflowTimeout(f"run passed its deadline {run.deadline}")
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            ctx.close()
+        if ctx.poisoned is not None:
+            raise ctx.poisoned
+        reason = ctx.take_suspend_reason()
+        now = self.clock.now()
+        if reason is not None:
+            if run.deadline is not None and (
+                reason.wake_at is None or reason.wake_at > run.deadline
+            ):
+                reason = SuspendReason(reason.kind, reason.key, run.deadline, reason.event)
+            await self._finish(run, RunStatus.WAITING, reason=reason)
+            ready_at = reason.wake_at
+            if reason.event and await self.store.has_pending_event(run.run_id, reason.event):
+                ready_at = now  # the event arrived while this segment was suspending
+            return _outcome(
+                run.run_id, RunStatus.WAITING, ready_at=ready_at, waiting_event=reason.event
+            )
+        if error is not None:
+            await self._finish(run, RunStatus.FAILED, error=error, completed_at=now)
+            return _outcome(run.run_id, RunStatus.FAILED, error=error)
+        await self._finish(run, RunStatus.COMPLETED, output=output, error=None, completed_at=now)
+        return _outcome(run.run_id, RunStatus.COMPLETED, output=output)
+
+    async def _compensate(self, run: RunRecord) -> SegmentOutcome:
+        definition = None
+        if run.workflow_version is not None:
+            definition = self.registry.get(run.workflow_name, run.workflow_version)
+        history, saved = await self.store.load_history(run.run_id)
+        ctx = WorkflowContext(
+            run=run, definition=definition, history=history, saved_state=saved,
+            services=self._services,
+        )  # fmt: skip
+        try:
+            results = await ctx.run_compensation()
+        finally:
+            ctx.close()
+        failed = [step for step, ok in results if not ok]
+        now = self.clock.now()
+        error: str | None
+        if failed:
+            states = {s.key: s for s in ctx.all_step_states().values()}
+            detail = "; ".join(f"{k}: {states[k].error}" for k in failed)
+            error = f"{run.error}; compensation failed for {', '.join(failed)} ({detail})"
+            status = RunStatus.FAILED
+        else:
+            error = run.error
+            status = RunStatus.COMPENSATED if results else RunStatus.CANCELLED_BY_OPERATOR
+        await self._finish(run, status, error=error, completed_at=now)
+        return _outcome(run.run_id, status, error=error)
+
+
+def _outcome(run_id: uuid.UUID, status: RunStatus, **kwargs: Any) -> SegmentOutcome:
+    return SegmentOutcome(run_id=run_id, status=status, **kwargs)

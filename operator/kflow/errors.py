@@ -1,0 +1,123 @@
+"""The exceptions kflow raises, and what each asks of the caller.
+
+::
+
+    KflowError                      anything kflow raises on purpose
+    ├── DefinitionError             a @workflow/@compensation or registry is malformed
+    ├── UndeclaredNameError         a step or event name the workflow did not declare
+    ├── RunNotFound                 no run with that id
+    ├── InvalidInput                input does not validate against the workflow's model
+    ├── StepFailed                  a step failed for good (retries exhausted or non-retryable)
+    ├── StepTimeout                 one attempt of a step exceeded its timeout
+    ├── EventTimeout                wait_for_event() passed its deadline without an event
+    ├── EventPayloadError           an event's payload does not parse into the wanted type
+    ├── WorkflowTimeout             the run passed its workflow-level deadline
+    ├── EnvError                    a required environment variable is missing or unparseable
+    ├── CircuitOpenError            ctx.http refused a call: the host's breaker is open
+    └── TransientError              try again later; nothing was lost
+        ├── PersistenceError        the store failed; the segment stops, state is intact
+        │   └── LeaseLost           a write carried a stale fencing epoch (another executor
+        │                           took the run over); this executor must stop
+        └── LeaseHeld               another executor is advancing the run right now
+
+    NonRetryable                    raise from a step to fail it without further attempts
+
+Suspension (sleep, event wait) is not an error: it is `kflow.context.Suspended`, a
+`BaseException` so that ``except Exception`` in user code cannot swallow it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitOpenError",
+    "DefinitionError",
+    "EnvError",
+    "EventPayloadError",
+    "EventTimeout",
+    "InvalidInput",
+    "KflowError",
+    "LeaseHeld",
+    "LeaseLost",
+    "NonRetryable",
+    "PersistenceError",
+    "RunNotFound",
+    "StepFailed",
+    "StepTimeout",
+    "TransientError",
+    "UndeclaredNameError",
+    "WorkflowTimeout",
+]
+
+
+class KflowError(Exception):
+    """Base class of every error kflow raises on purpose."""
+
+
+class DefinitionError(KflowError):
+    """A workflow or compensation definition, or a registry, is malformed."""
+
+
+class UndeclaredNameError(KflowError):
+    """A step or event name was used that the workflow did not declare."""
+
+
+class RunNotFound(KflowError):
+    """No run has the given id."""
+
+
+class InvalidInput(KflowError):
+    """The run's input does not validate against the workflow's input model."""
+
+
+class StepFailed(KflowError):
+    """A step failed for good; replays raise the same error without calling the step again."""
+
+    def __init__(self, step: str, error_type: str, message: str) -> None:
+        super().__init__(f"step {step!r} failed: {error_type}: {message}")
+        self.step = step
+        self.error_type = error_type
+        self.message = message
+
+
+class StepTimeout(KflowError, TimeoutError):
+    """One attempt of a step ran longer than its ``timeout``."""
+
+
+class EventTimeout(KflowError, TimeoutError):
+    """`wait_for_event` reached its deadline before the event arrived."""
+
+
+class EventPayloadError(KflowError):
+    """An event's payload did not parse into the type the wait asked for."""
+
+
+class WorkflowTimeout(KflowError, TimeoutError):
+    """The run passed its workflow-level deadline."""
+
+
+class EnvError(KflowError):
+    """A required environment variable is missing, or set but unparseable."""
+
+
+class CircuitOpenError(KflowError):
+    """`ctx.http` refused a request because the host's circuit breaker is open."""
+
+
+class TransientError(KflowError):
+    """A failure that leaves all durable state intact: retry the segment later."""
+
+
+class PersistenceError(TransientError):
+    """The store failed. The segment stops; nothing unrecorded is treated as done."""
+
+
+class LeaseLost(PersistenceError):
+    """A write carried a stale fencing epoch: another executor owns the run now."""
+
+
+class LeaseHeld(TransientError):
+    """Another executor holds the run's lease."""
+
+
+class NonRetryable(Exception):
+    """Raise (or subclass) from a step to fail it at once, whatever its retry policy."""

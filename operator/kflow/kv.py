@@ -1,0 +1,38 @@
+"""``ctx.kv``: a durable key-value store shared by all runs of one workflow.
+
+Keys live in a namespace named after the workflow, so runs of ``order-fulfilment`` share
+their keys and never see another workflow's. KV reads and writes are not recorded in the
+run's history: another run may change a value between replays. Read inside a step when
+the value decides the handler's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kflow.clock import Clock
+from kflow.serde import decode, encode
+from kflow.store import Store
+
+__all__ = ["KvHandle"]
+
+
+class KvHandle:
+    def __init__(self, store: Store, *, namespace: str, clock: Clock) -> None:
+        self._store = store
+        self.namespace = namespace
+        self._clock = clock
+
+    async def get(self, key: str, type: Any = None, default: Any = None) -> Any:
+        found, value = await self._store.kv_get(self.namespace, key)
+        return decode(value, type) if found else default
+
+    async def set(self, key: str, value: Any) -> None:
+        await self._store.kv_set(self.namespace, key, encode(value), now=self._clock.now())
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it existed."""
+        return await self._store.kv_delete(self.namespace, key)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        return await self._store.kv_keys(self.namespace, prefix)

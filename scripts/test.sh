@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, layers, then unit, integration and e2e tests.
+# Every server a test needs (PostgreSQL, ...) is started by the test harness itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff" && ruff check . && ruff format --check .
+echo "== mypy" && mypy
+echo "== import-linter" && lint-imports
+echo "== pytest" && exec pytest -q "$@"
