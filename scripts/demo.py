@@ -14,9 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.orders.workflow import Order, fulfil, release_stock  # noqa: E402
-from kflow.localpg import LocalPostgres  # noqa: E402
-from kflow.testing import WorkflowTestEnv  # noqa: E402
+from examples.orders.workflow import Order, fulfil, release_stock
+
+from kflow.localpg import LocalPostgres
+from kflow.testing import WorkflowTestEnv
 
 
 def show(title: str, outcome: object) -> None:
@@ -30,7 +31,9 @@ async def main() -> int:
             order = Order(id="o-42", sku="book", quantity=2, amount_cents=2400)
             waiting = await env.execute(fulfil, order)
             show("o-42 started; after the 30-minute hold it waits for payment", waiting)
-            await env.send_event(waiting.run_id, "payment-confirmed", {"ref": "ch_1", "amount_cents": 2400})
+            await env.send_event(
+                waiting.run_id, "payment-confirmed", {"ref": "ch_1", "amount_cents": 2400}
+            )
             done = await env.drive(waiting.run_id)
             show("o-42 paid -> shipped", done)
             for step in await env.history(done.run_id):
@@ -41,12 +44,18 @@ async def main() -> int:
             show("o-43 cancelled -> reservation released by the durable compensation", cancelled)
 
             third = await env.execute(fulfil, order.model_copy(update={"id": "o-44"}))
-            await env.send_event(third.run_id, "payment-confirmed", {"ref": "ch_9", "amount_cents": 1})
+            await env.send_event(
+                third.run_id, "payment-confirmed", {"ref": "ch_9", "amount_cents": 1}
+            )
             failed = await env.drive(third.run_id)
             show("o-44 paid the wrong amount -> compensated and failed", failed)
             left = await env.engine.store.kv_keys("order-fulfilment", "reservations/")
             print(f"\nreservations still held: {left}  (only o-42's, which shipped)")
-            ok = (done.status, cancelled.status, failed.status) == ("Completed", "Compensated", "Failed")
+            ok = (done.status, cancelled.status, failed.status) == (
+                "Completed",
+                "Compensated",
+                "Failed",
+            )
             print("\nDEMO OK" if ok and left == ["reservations/rsv-o-42"] else "\nDEMO FAILED")
             return 0 if ok else 1
 

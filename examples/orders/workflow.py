@@ -68,13 +68,9 @@ class PaymentMismatch(NonRetryable):
     timeout=timedelta(days=30),
 )
 async def fulfil(ctx: WorkflowContext, order: Order) -> Shipment:
-    reservation = await ctx.step(
-        "reserve-stock", reserve, ctx, order, compensate=release_stock
-    )
+    reservation = await ctx.step("reserve-stock", reserve, ctx, order, compensate=release_stock)
     await ctx.sleep(timedelta(minutes=30))
-    payment = await ctx.wait_for_event(
-        "payment-confirmed", timeout=timedelta(days=7), type=Payment
-    )
+    payment = await ctx.wait_for_event("payment-confirmed", timeout=timedelta(days=7), type=Payment)
     if payment.amount_cents != order.amount_cents:
         await ctx.run_compensation()
         raise PaymentMismatch(

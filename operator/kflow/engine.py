@@ -21,6 +21,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +33,8 @@ from kflow.context import SegmentEnded, Services, Suspended, WorkflowContext
 from kflow.env import EnvProvider, OsEnv
 from kflow.errors import (
     InvalidInput,
+    LeaseLost,
+    PersistenceError,
     TransientError,
     UndeclaredNameError,
     WorkflowTimeout,
@@ -190,6 +193,36 @@ class Engine:
                 return await self._compensate(run)
             return await self._advance(run)
 
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, run: RunRecord) -> AsyncIterator[None]:
+        """Renew the lease while the segment runs; on a store failure, let it go (best
+        effort) so another executor need not wait for it to expire."""
+
+        async def renew() -> None:
+            interval = self.lease_ttl.total_seconds() / 3
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.store.renew_lease(
+                        run.run_id, run.lease_epoch, now=self.clock.now(), ttl=self.lease_ttl
+                    )
+                except TransientError:
+                    return  # the segment's next write will fail the same way and stop it
+
+        task = asyncio.create_task(renew(), name=f"kflow-lease-{run.run_id}")
+        try:
+            yield
+        except LeaseLost:
+            raise
+        except PersistenceError:
+            with contextlib.suppress(PersistenceError):
+                await self.store.release_lease(run.run_id, run.lease_epoch)
+            raise
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> SegmentOutcome:
         """Stop the run and compensate its completed steps (taking over its lease)."""
         run = await self.store.acquire_lease(
@@ -220,27 +253,6 @@ class Engine:
         error = run.error if run.status.is_terminal else f"retired: {reason}"
         await self._finish(run, status, error=error)
         return _outcome(run.run_id, status, error=error)
-
-    @contextlib.asynccontextmanager
-    async def _heartbeat(self, run: RunRecord) -> Any:
-        async def renew() -> None:
-            interval = self.lease_ttl.total_seconds() / 3
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await self.store.renew_lease(
-                        run.run_id, run.lease_epoch, now=self.clock.now(), ttl=self.lease_ttl
-                    )
-                except TransientError:
-                    return  # the segment's next write will fail the same way and stop it
-
-        task = asyncio.create_task(renew(), name=f"kflow-lease-{run.run_id}")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _finish(
         self,

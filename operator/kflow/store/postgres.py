@@ -336,6 +336,16 @@ class Store:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
 
     @_wrap_errors
+    async def release_lease(self, run_id: uuid.UUID, epoch: int) -> None:
+        """Give the lease up without touching the run's state (no-op if superseded)."""
+        await self.pool.execute(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE run_id = $1 AND lease_epoch = $2",
+            run_id,
+            epoch,
+        )
+
+    @_wrap_errors
     async def update_run(
         self,
         /,
