@@ -3,7 +3,8 @@
 Reserve stock (compensated by releasing it, durably: the compensation is a named
 ``@compensation`` with JSON arguments, so it survives restarts), hold the reservation for
 30 minutes while fraud checks run, wait up to 7 days for the payment confirmation, then
-ship. A payment that does not match the order undoes the reservation and fails the run.
+ship. A payment that does not match the order, or none within the week, releases the
+reservation and fails the run.
 The "inventory" is the workflow's durable KV store, standing in for a real service.
 """
 
@@ -13,7 +14,14 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
-from kflow import NonRetryable, RetryPolicy, WorkflowContext, compensation, workflow
+from kflow import (
+    EventTimeout,
+    NonRetryable,
+    RetryPolicy,
+    WorkflowContext,
+    compensation,
+    workflow,
+)
 
 
 class Order(BaseModel):
@@ -70,12 +78,17 @@ class PaymentMismatch(NonRetryable):
 async def fulfil(ctx: WorkflowContext, order: Order) -> Shipment:
     reservation = await ctx.step("reserve-stock", reserve, ctx, order, compensate=release_stock)
     await ctx.sleep(timedelta(minutes=30))
-    payment = await ctx.wait_for_event("payment-confirmed", timeout=timedelta(days=7), type=Payment)
-    if payment.amount_cents != order.amount_cents:
-        await ctx.run_compensation()
-        raise PaymentMismatch(
-            f"paid {payment.amount_cents} cents for an order of {order.amount_cents}"
+    try:
+        payment = await ctx.wait_for_event(
+            "payment-confirmed", timeout=timedelta(days=7), type=Payment
         )
+        if payment.amount_cents != order.amount_cents:
+            raise PaymentMismatch(
+                f"paid {payment.amount_cents} cents for an order of {order.amount_cents}"
+            )
+    except (EventTimeout, PaymentMismatch):
+        await ctx.run_compensation()  # release the stock, then fail the run
+        raise
     return await ctx.step(
         "ship", ship, ctx, order, reservation, payment.ref, retry=RetryPolicy(max_attempts=5)
     )

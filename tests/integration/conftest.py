@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -24,6 +24,6 @@ def make_env(pg_dsn: str) -> EnvFactory:
 
 
 @pytest.fixture
-async def counter() -> AsyncIterator[dict[str, int]]:
+def counter() -> dict[str, int]:
     """Counts calls of step functions by name (in this process)."""
-    yield {}
+    return {}
