@@ -136,13 +136,15 @@ class Engine:
             name = workflow
         definition = self.registry.get(name, version) if version else self.registry.active(name)
         encoded = encode(input)
-        if definition is not None:
+        if definition is not None:  # bind now: the run keeps this version and signature
             self._decode_input(definition, encoded)
+            version = definition.version
+            timeout = timeout or definition.timeout
         record, _ = await self.store.create_run(
             run_id=run_id or uuid.uuid4(),
             workflow_name=name,
             workflow_version=version,
-            signature=None,
+            signature=definition.signature if definition else None,
             status=RunStatus.CREATED,
             input=encoded,
             tenant_id=tenant_id,
@@ -310,17 +312,18 @@ class Engine:
             await self._finish(run, status, error=why)
             return _outcome(run.run_id, status, error=why)
         now = self.clock.now()
-        if run.signature is None:
+        if run.signature is None:  # created before its code was known: bind it now
             timeout = run.timeout_seconds or (
                 definition.timeout.total_seconds() if definition.timeout else None
             )
             run.workflow_version, run.signature = definition.version, definition.signature
-            run.started_at = run.started_at or now
-            run.deadline = run.started_at + timedelta(seconds=timeout) if timeout else None
+            run.deadline = run.deadline or (
+                now + timedelta(seconds=timeout) if timeout else None
+            )
             await self.store.update_run(
                 run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING,
                 workflow_version=run.workflow_version, signature=run.signature,
-                started_at=run.started_at, deadline=run.deadline, error=None,
+                deadline=run.deadline, error=None,
             )  # fmt: skip
         elif run.status != RunStatus.RUNNING:
             await self.store.update_run(
@@ -331,7 +334,10 @@ class Engine:
         except InvalidInput as exc:
             await self._finish(run, RunStatus.FAILED, error=str(exc), completed_at=now)
             return _outcome(run.run_id, RunStatus.FAILED, error=str(exc))
-        history, saved = await self.store.load_history(run.run_id)
+        # Every record is written under a lease, so a run on its first lease has none.
+        history, saved = (
+            await self.store.load_history(run.run_id) if run.segments > 1 else ([], {})
+        )
         ctx = WorkflowContext(
             run=run, definition=definition, history=history, saved_state=saved,
             services=self._services,

@@ -308,7 +308,11 @@ class Store:
             """UPDATE runs SET lease_epoch = lease_epoch + 1, lease_owner = $2,
                    lease_expires_at = $3, segments = segments + 1, updated_at = $4,
                    status = CASE WHEN status IN ('Created', 'Waiting') THEN 'Running'
-                                 ELSE status END
+                                 ELSE status END,
+                   started_at = COALESCE(started_at, $4),
+                   deadline = CASE WHEN deadline IS NULL AND signature IS NOT NULL
+                                   THEN $4 + timeout_s * interval '1 second'
+                                   ELSE deadline END
                WHERE run_id = $1
                  AND (lease_owner IS NULL OR lease_expires_at <= $4 OR $5)
                RETURNING *""",

@@ -1,0 +1,10 @@
+# Developer shortcuts; CI runs scripts/test.sh (the README's test command) directly.
+.PHONY: test demo lint bench
+test:
+	./scripts/test.sh
+demo:
+	./scripts/demo.sh
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
+bench:
+	.venv/bin/python bench/step_overhead.py
