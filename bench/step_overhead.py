@@ -140,7 +140,12 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
     dbos = None if args.no_dbos else dbos_figures(dsn, args.steps, args.runs, args.per_run)
 
     rows = [
-        (f"sequential: {args.steps} steps, 1 run", seq_engine, seq_raw, dbos and dbos["sequential"]),
+        (
+            f"sequential: {args.steps} steps, 1 run",
+            seq_engine,
+            seq_raw,
+            dbos and dbos["sequential"],
+        ),
         (
             f"concurrent: {args.runs} runs x {args.per_run} steps, pool {POOL}",
             par_engine,
@@ -148,7 +153,8 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
             dbos and dbos["concurrent"],
         ),
     ]
-    print(f"\n{'scenario':44} {'kflow/s':>9} {'raw/s':>9} {'kflow/raw':>9} {'DBOS/s':>9} {'DBOS/raw':>9}")
+    columns = ("kflow/s", "raw/s", "kflow/raw", "DBOS/s", "DBOS/raw")
+    print(f"\n{'scenario':44} " + " ".join(f"{c:>9}" for c in columns))
     for name, ours, raw, theirs in rows:
         dbos_cols = f"{theirs:9.0f} {theirs / raw:9.2f}" if theirs else f"{'-':>9} {'-':>9}"
         print(f"{name:44} {ours:9.0f} {raw:9.0f} {ours / raw:9.2f} {dbos_cols}")

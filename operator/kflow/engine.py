@@ -317,9 +317,7 @@ class Engine:
                 definition.timeout.total_seconds() if definition.timeout else None
             )
             run.workflow_version, run.signature = definition.version, definition.signature
-            run.deadline = run.deadline or (
-                now + timedelta(seconds=timeout) if timeout else None
-            )
+            run.deadline = run.deadline or (now + timedelta(seconds=timeout) if timeout else None)
             await self.store.update_run(
                 run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING,
                 workflow_version=run.workflow_version, signature=run.signature,
@@ -335,9 +333,7 @@ class Engine:
             await self._finish(run, RunStatus.FAILED, error=str(exc), completed_at=now)
             return _outcome(run.run_id, RunStatus.FAILED, error=str(exc))
         # Every record is written under a lease, so a run on its first lease has none.
-        history, saved = (
-            await self.store.load_history(run.run_id) if run.segments > 1 else ([], {})
-        )
+        history, saved = await self.store.load_history(run.run_id) if run.segments > 1 else ([], {})
         ctx = WorkflowContext(
             run=run, definition=definition, history=history, saved_state=saved,
             services=self._services,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from examples.orders.workflow import Order, fulfil, release_stock
+
 from kflow import RunStatus, StepStatus
 
 pytestmark = pytest.mark.integration
@@ -23,8 +23,15 @@ async def test_order_is_held_paid_and_shipped(make_env) -> None:
         )
         done = await env.drive(waiting.run_id)
         assert done.status is RunStatus.COMPLETED
-        assert done.output == {"order_id": "o-1", "reservation_id": "rsv-o-1", "payment_ref": "ch_1"}
-        assert await env.store.kv_keys("order-fulfilment") == ["reservations/rsv-o-1", "shipments/o-1"]
+        assert done.output == {
+            "order_id": "o-1",
+            "reservation_id": "rsv-o-1",
+            "payment_ref": "ch_1",
+        }
+        assert await env.store.kv_keys("order-fulfilment") == [
+            "reservations/rsv-o-1",
+            "shipments/o-1",
+        ]
 
 
 async def test_cancelled_order_releases_its_stock(make_env) -> None:

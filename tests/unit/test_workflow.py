@@ -118,9 +118,9 @@ def test_registry_from_modules_collects_definitions() -> None:
     registry = Registry.from_modules([module])
     assert registry.active("wf") is module.wf  # type: ignore[attr-defined]
     assert registry.compensation("undo") is undo
+
+    @compensation("undo")
+    async def undo2(ctx: WorkflowContext) -> None: ...
+
     with pytest.raises(DefinitionError, match="two compensations"):
-
-        @compensation("undo")
-        async def undo2(ctx: WorkflowContext) -> None: ...
-
         registry.add(undo2)
