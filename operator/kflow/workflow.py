@@ -14,6 +14,7 @@ rather than replayed against code that no longer matches it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -69,9 +70,25 @@ def type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def return_type(fn: Callable[..., Any]) -> Any:
-    """The declared return type of ``fn``, or ``None`` when it has none we can use."""
+    """The declared return type of ``fn``, or ``None`` when it has none we can use.
+
+    Called for every step, so unannotated callables (lambdas, partials) take a fast path
+    and resolved hints are cached."""
+    annotations = getattr(fn, "__annotations__", None)
+    if not annotations or "return" not in annotations:
+        return None
+    try:
+        return _cached_return_type(fn)
+    except TypeError:  # unhashable callable object
+        return _resolve_return_type(fn)
+
+
+def _resolve_return_type(fn: Callable[..., Any]) -> Any:
     hint = type_hints(fn).get("return")
     return None if hint in (None, type(None)) else hint
+
+
+_cached_return_type = functools.lru_cache(maxsize=1024)(_resolve_return_type)
 
 
 def _schema(tp: Any) -> dict[str, Any]:

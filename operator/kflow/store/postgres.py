@@ -122,6 +122,13 @@ def _step(row: asyncpg.Record) -> StepState:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset hook. asyncpg's default runs ``RESET ALL; UNLISTEN *; ...`` on
+    every release: one more round trip per step. The store leaves no session state
+    behind (no LISTEN, SET or advisory lock outside a closed transaction), so none is run;
+    asyncpg still rolls back a transaction left open."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -195,6 +202,7 @@ class Store:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 server_settings={"search_path": schema, "application_name": "kflow"},
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
