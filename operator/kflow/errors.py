@@ -14,6 +14,7 @@
     ├── WorkflowTimeout             the run passed its workflow-level deadline
     ├── EnvError                    a required environment variable is missing or unparseable
     ├── CircuitOpenError            ctx.http refused a call: the host's breaker is open
+    ├── SchemaError                 the database holds a newer kflow schema than this code
     └── TransientError              try again later; nothing was lost
         ├── PersistenceError        the store failed; the segment stops, state is intact
         │   └── LeaseLost           a write carried a stale fencing epoch (another executor
@@ -41,6 +42,7 @@ __all__ = [
     "NonRetryable",
     "PersistenceError",
     "RunNotFound",
+    "SchemaError",
     "StepFailed",
     "StepTimeout",
     "TransientError",
@@ -101,6 +103,10 @@ class EnvError(KflowError):
 
 class CircuitOpenError(KflowError):
     """`ctx.http` refused a request because the host's circuit breaker is open."""
+
+
+class SchemaError(KflowError):
+    """The database's kflow schema is newer than this code: upgrade kflow, do not retry."""
 
 
 class TransientError(KflowError):

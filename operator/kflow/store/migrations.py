@@ -14,6 +14,8 @@ import re
 from importlib import resources
 from typing import Any
 
+from kflow.errors import SchemaError
+
 __all__ = ["MIGRATIONS", "apply_migrations"]
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -62,7 +64,7 @@ async def apply_migrations(conn: Any, schema: str) -> list[int]:
         }
         newest = MIGRATIONS[-1][0] if MIGRATIONS else 0
         if done and max(done) > newest:
-            raise RuntimeError(
+            raise SchemaError(
                 f"schema {schema!r} has migration {max(done)}, newer than this kflow "
                 f"({newest}): upgrade kflow rather than run old code on new state"
             )
