@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import asyncpg
 import pytest
 
-from kflow import KflowError, MappingEnv, RunStatus, WorkflowContext, workflow
+from kflow import MappingEnv, RunStatus, WorkflowContext, workflow
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,6 @@ async def test_missing_app_database_is_a_clear_error(make_env) -> None:
 
     async with make_env(wf) as env:
         outcome = await env.execute(wf)
-        assert (
-            outcome.error
-            == f"{KflowError.__name__}: no application database is configured: pass app_db= to Engine"
+        assert outcome.error == (
+            "KflowError: no application database is configured: pass app_db= to Engine"
         )
