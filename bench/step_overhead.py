@@ -64,8 +64,12 @@ async def raw_sequential(dsn: str, n: int) -> float:
         await conn.close()
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Like the store's pool: no RESET round trip on release, so the baseline is fair."""
+
+
 async def raw_concurrent(dsn: str, runs: int, per_run: int) -> float:
-    pool = await asyncpg.create_pool(dsn, min_size=POOL, max_size=POOL)
+    pool = await asyncpg.create_pool(dsn, min_size=POOL, max_size=POOL, reset=_no_reset)
     assert pool is not None
 
     async def one_run() -> None:

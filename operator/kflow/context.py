@@ -268,41 +268,41 @@ class WorkflowContext(EnvAccess):
             raise _replayed_failure(skey, found.error)
         descriptor = self.compensations.describe(skey, compensate)
         policy = retry or NO_RETRY
-        state = found or StepState(key=skey, name=name, started_at=self._svc.clock.now())
+        # One private copy, updated in place: records are written from it, and
+        # self._steps only takes it once the store has it.
+        state = (
+            replace(found)
+            if found is not None
+            else StepState(key=skey, name=name, started_at=self._svc.clock.now())
+        )
         if state.status == StepStatus.RETRYING and state.wake_at is not None:
             await self._wait_for_retry(state)
         while True:
-            state = replace(state, attempts=state.attempts + 1, status=StepStatus.RUNNING)
+            state.attempts += 1
+            state.status = StepStatus.RUNNING
             if self._persist_start:
-                await self._write(state)
+                await self._write(replace(state))
             try:
                 result, encoded = await _invoke(fn, args, kwargs, timeout, rtype)
             except Exception as exc:
                 now = self._svc.clock.now()
-                error = f"{type(exc).__name__}: {exc}"
+                state.error = f"{type(exc).__name__}: {exc}"
                 if policy.should_retry(exc, state.attempts):
-                    wake = now + policy.backoff(state.attempts)
-                    state = replace(state, status=StepStatus.RETRYING, error=error, wake_at=wake)
-                    await self._write(state)
+                    state.status = StepStatus.RETRYING
+                    state.wake_at = now + policy.backoff(state.attempts)
+                    await self._write(replace(state))
                     await self._wait_for_retry(state)
                     continue
-                state = replace(state, status=StepStatus.FAILED, error=error, completed_at=now)
+                state.status, state.completed_at = StepStatus.FAILED, now
                 await self._write(state)
                 self._reach(now)
                 raise StepFailed(skey, type(exc).__name__, str(exc)) from exc
             now = self._svc.clock.now()
-            await self._write(
-                replace(
-                    state,
-                    status=StepStatus.COMPLETED,
-                    result=encoded,
-                    error=None,
-                    wake_at=None,
-                    completed_at=now,
-                    compensation=descriptor,
-                    seq=self._next_seq(),
-                )
-            )
+            state.status, state.result, state.error, state.wake_at = (
+                StepStatus.COMPLETED, encoded, None, None,
+            )  # fmt: skip
+            state.completed_at, state.compensation, state.seq = now, descriptor, self._next_seq()
+            await self._write(state)
             self._reach(now)
             self.compensations.keep(skey, compensate, result)
             return result  # type: ignore[no-any-return]
