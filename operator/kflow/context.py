@@ -323,35 +323,22 @@ class WorkflowContext(EnvAccess):
             await self._write(StepState(key=name, name=_base(name), attempts=1, started_at=now))
 
     async def record_step_complete(self, name: str, result: Any) -> None:
-        self._declared("step", _base(name))
-        now = self._svc.clock.now()
-        prior = self._steps.get(name) or StepState(key=name, name=_base(name), started_at=now)
-        await self._write(
-            replace(
-                prior,
-                status=StepStatus.COMPLETED,
-                attempts=max(prior.attempts, 1),
-                result=encode(result),
-                error=None,
-                completed_at=now,
-                seq=self._next_seq(),
-            )
+        await self._record_outcome(
+            name, status=StepStatus.COMPLETED, result=encode(result), seq=self._next_seq()
         )
-        self._reach(now)
 
     async def record_step_failure(self, name: str, error: str) -> None:
+        await self._record_outcome(name, status=StepStatus.FAILED, error=error)
+
+    async def _record_outcome(self, name: str, **outcome: Any) -> None:
         self._declared("step", _base(name))
         now = self._svc.clock.now()
         prior = self._steps.get(name) or StepState(key=name, name=_base(name), started_at=now)
+        outcome.setdefault("error", None)
         await self._write(
-            replace(
-                prior,
-                status=StepStatus.FAILED,
-                attempts=max(prior.attempts, 1),
-                error=error,
-                completed_at=now,
-            )
+            replace(prior, attempts=max(prior.attempts, 1), completed_at=now, **outcome)
         )
+        self._reach(now)
 
     async def record_step_compensated(self, name: str) -> None:
         prior = self._steps.get(name)

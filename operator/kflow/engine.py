@@ -184,21 +184,48 @@ class Engine:
 
         ``steal=True`` takes the lease even from a live holder (whose writes are then
         refused): for an executor that knows the previous one is gone."""
-        run = await self.store.acquire_lease(
-            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=steal
-        )
-        async with self._heartbeat(run):
+        async with self._lease(run_id, steal=steal) as run:
             if run.status.is_terminal:
-                await self._finish(run, run.status)
-                return _outcome(run.run_id, run.status, output=run.output, error=run.error)
+                return await self._unchanged(run)
             if run.status == RunStatus.COMPENSATING:
                 return await self._compensate(run)
             return await self._advance(run)
 
+    async def cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> SegmentOutcome:
+        """Stop the run and compensate its completed steps (taking over its lease)."""
+        async with self._lease(run_id, steal=True) as run:
+            if run.status.is_terminal:
+                return await self._unchanged(run)
+            run.error = f"cancelled: {reason}"
+            await self.store.update_run(
+                run.run_id, run.lease_epoch, now=self.clock.now(), status=RunStatus.COMPENSATING,
+                error=run.error, wake_at=None, waiting_event=None,
+            )  # fmt: skip
+            return await self._compensate(run)
+
+    async def retire(self, run_id: uuid.UUID, reason: str = "retired") -> SegmentOutcome:
+        """Mark a run that no code can resume as RetiredUnresumable (no compensation)."""
+        async with self._lease(run_id, steal=True) as run:
+            if run.status.is_terminal:
+                return await self._unchanged(run)
+            error = f"retired: {reason}"
+            await self._finish(run, RunStatus.RETIRED_UNRESUMABLE, error=error)
+            return _outcome(run.run_id, RunStatus.RETIRED_UNRESUMABLE, error=error)
+
+    async def _unchanged(self, run: RunRecord) -> SegmentOutcome:
+        """A finished run: give the lease back and report it as it is."""
+        await self._finish(run, run.status)
+        return _outcome(run.run_id, run.status, output=run.output, error=run.error)
+
     @contextlib.asynccontextmanager
-    async def _heartbeat(self, run: RunRecord) -> AsyncIterator[None]:
-        """Renew the lease while the segment runs; on a store failure, let it go (best
-        effort) so another executor need not wait for it to expire."""
+    async def _lease(self, run_id: uuid.UUID, *, steal: bool) -> AsyncIterator[RunRecord]:
+        """Hold the run's lease (a new fencing epoch) and renew it in the background.
+
+        On a store failure the lease is given back (best effort), so that another
+        executor need not wait for it to expire."""
+        run = await self.store.acquire_lease(
+            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=steal
+        )
 
         async def renew() -> None:
             interval = self.lease_ttl.total_seconds() / 3
@@ -213,7 +240,7 @@ class Engine:
 
         task = asyncio.create_task(renew(), name=f"kflow-lease-{run.run_id}")
         try:
-            yield
+            yield run
         except LeaseLost:
             raise
         except PersistenceError:
@@ -224,37 +251,6 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> SegmentOutcome:
-        """Stop the run and compensate its completed steps (taking over its lease)."""
-        run = await self.store.acquire_lease(
-            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=True
-        )
-        async with self._heartbeat(run):
-            if run.status.is_terminal:
-                await self._finish(run, run.status)
-                return _outcome(run.run_id, run.status, output=run.output, error=run.error)
-            await self.store.update_run(
-                run.run_id,
-                run.lease_epoch,
-                now=self.clock.now(),
-                status=RunStatus.COMPENSATING,
-                error=f"cancelled: {reason}",
-                wake_at=None,
-                waiting_event=None,
-            )
-            run.error = f"cancelled: {reason}"
-            return await self._compensate(run)
-
-    async def retire(self, run_id: uuid.UUID, reason: str = "retired") -> SegmentOutcome:
-        """Mark a run that no code can resume as RetiredUnresumable (no compensation)."""
-        run = await self.store.acquire_lease(
-            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=True
-        )
-        status = run.status if run.status.is_terminal else RunStatus.RETIRED_UNRESUMABLE
-        error = run.error if run.status.is_terminal else f"retired: {reason}"
-        await self._finish(run, status, error=error)
-        return _outcome(run.run_id, status, error=error)
 
     async def _finish(
         self,

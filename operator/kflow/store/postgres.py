@@ -9,6 +9,7 @@ a silent no-op. A step record is one statement, one round trip and one commit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import uuid
@@ -39,6 +40,7 @@ Database = asyncpg.Pool
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _RUN_COLUMNS = frozenset(
     {
@@ -78,48 +80,24 @@ class SendResult:
 
 
 def _run(row: asyncpg.Record) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        workflow_name=row["workflow_name"],
-        workflow_version=row["workflow_version"],
-        signature=row["signature"],
+    return _record(
+        RunRecord,
+        row,
         status=RunStatus(row["status"]),
-        input=row["input"],
-        output=row["output"],
-        error=row["error"],
-        tenant_id=row["tenant_id"],
         auth=AuthContext.model_validate(row["auth"] or {}),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        deadline=row["deadline"],
         timeout_seconds=row["timeout_s"],
-        wake_at=row["wake_at"],
-        waiting_event=row["waiting_event"],
         suspend_kind=SuspendKind(row["suspend_kind"]) if row["suspend_kind"] else None,
-        segments=row["segments"],
-        lease_epoch=row["lease_epoch"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        idempotency_key=row["idempotency_key"],
     )
 
 
 def _step(row: asyncpg.Record) -> StepState:
-    return StepState(
-        key=row["key"],
-        name=row["name"],
-        kind=StepKind(row["kind"]),
-        status=StepStatus(row["status"]),
-        attempts=row["attempts"],
-        result=row["result"],
-        error=row["error"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        wake_at=row["wake_at"],
-        compensation=row["compensation"],
-        seq=row["seq"],
-    )
+    return _record(StepState, row, kind=StepKind(row["kind"]), status=StepStatus(row["status"]))
+
+
+def _record(cls: type[T], row: asyncpg.Record, **converted: Any) -> T:
+    """A dataclass from the row's same-named columns, plus the converted fields."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in converted]  # type: ignore[arg-type]
+    return cls(**{name: row[name] for name in names}, **converted)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
