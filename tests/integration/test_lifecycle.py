@@ -183,3 +183,23 @@ async def test_retire_and_unknown_runs(make_env) -> None:
         assert (await env.run(run.run_id)).error == "retired: v9 will never ship"
         with pytest.raises(RunNotFound):
             await env.engine.run_segment(uuid.uuid4())
+
+
+async def test_a_long_segment_keeps_its_lease_alive(make_env) -> None:
+    @workflow(name="long-segment", steps=["slow"])
+    async def wf(ctx: WorkflowContext) -> str:
+        await ctx.step("slow", asyncio.sleep, 1.0)
+        return "done"
+
+    async with make_env(wf) as env:
+        real_time = {"lease_ttl": timedelta(seconds=0.3)}
+        busy = Engine(env.store, Registry(wf), **real_time)  # type: ignore[arg-type]
+        other = Engine(env.store, Registry(wf), **real_time)  # type: ignore[arg-type]
+        run = await busy.start(wf)
+        segment = asyncio.create_task(busy.run_segment(run.run_id))
+        await asyncio.sleep(0.7)  # more than twice the TTL: only renewals keep it held
+        with pytest.raises(LeaseHeld):
+            await other.run_segment(run.run_id)
+        assert (await segment).status is RunStatus.COMPLETED
+        await busy.close()
+        await other.close()
