@@ -1,0 +1,288 @@
+"""The Kubernetes resources, as pydantic models, and the CRDs generated from them.
+
+`Workflow` (short ``wf``) declares a workflow version; `WorkflowRun` (short ``wfr``)
+asks for a run of one. These models are the single source of truth: ``crds/*.yaml`` is
+generated from them (``python -m kflow.resources crds/``, checked by a drift test), and
+the controller parses every body it receives through them, so no code below the kopf
+handlers touches raw dicts.
+
+The pydantic JSON schema is turned into a Kubernetes *structural* schema: references
+inlined, ``Optional[X]`` as ``nullable``, free-form JSON as
+``x-kubernetes-preserve-unknown-fields``, titles dropped; descriptions stay, so
+``kubectl explain wfr.spec`` documents the fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "GROUP",
+    "VERSION",
+    "Condition",
+    "StepStatusView",
+    "Waiting",
+    "WorkflowRunSpec",
+    "WorkflowRunStatus",
+    "WorkflowSpec",
+    "crd_manifests",
+]
+
+GROUP = "kflow.io"
+VERSION = "v1alpha1"
+
+Name = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", min_length=1, max_length=128),
+]
+JSON = Annotated[Any, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class WorkflowRunSpec(_Model):
+    """What to run: a workflow, optionally a version, and its input."""
+
+    workflow: Name = Field(description="Name of the workflow to run.")
+    version: int | None = Field(
+        default=None, ge=1, description="Workflow version; the active one when omitted."
+    )
+    input: JSON = Field(default=None, description="The handler's input (any JSON).")
+    timeout_seconds: int | None = Field(
+        default=None,
+        alias="timeoutSeconds",
+        ge=1,
+        description="Deadline for the whole run, overriding the workflow's timeout.",
+    )
+
+
+class StepStatusView(_Model):
+    """One step (or sleep, or event wait) as shown in the run's status."""
+
+    name: str
+    state: str
+    attempts: int = 0
+    started_at: datetime | None = Field(default=None, alias="startedAt")
+    completed_at: datetime | None = Field(default=None, alias="completedAt")
+    error: str | None = None
+
+
+class Waiting(_Model):
+    """What a Waiting run waits for."""
+
+    kind: Literal["sleep", "event", "retry"]
+    until: datetime | None = Field(default=None, description="Wake time or event deadline.")
+    event: str | None = None
+
+
+class Condition(_Model):
+    type: Literal["Ready", "Waiting", "Blocked"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime = Field(alias="lastTransitionTime")
+
+
+class EventDelivery(_Model):
+    """An event delivered by annotation, and what became of it."""
+
+    name: str
+    state: Literal["pending", "consumed", "rejected"]
+    consumed_by: str | None = Field(default=None, alias="consumedBy")
+    message: str | None = None
+
+
+class WorkflowRunStatus(_Model):
+    """Written by the operator only; mirrors the run's state in PostgreSQL (bounded in
+    size: long step lists and large outputs are summarised, the whole is in the database)."""
+
+    phase: str | None = None
+    run_id: str | None = Field(default=None, alias="runId")
+    workflow_version: int | None = Field(default=None, alias="workflowVersion")
+    signature: str | None = None
+    current_step: str | None = Field(default=None, alias="currentStep")
+    steps: list[StepStatusView] = Field(default_factory=list)
+    steps_omitted: int = Field(default=0, alias="stepsOmitted")
+    waiting: Waiting | None = None
+    output: JSON = None
+    output_truncated: bool = Field(default=False, alias="outputTruncated")
+    error: str | None = None
+    events: list[EventDelivery] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+
+
+class PodTemplate(_Model):
+    """Where the pod executor runs this workflow's segments."""
+
+    image: str
+    command: list[str] | None = None
+    env: list[JSON] = Field(default_factory=list)
+    env_from: list[JSON] = Field(default_factory=list, alias="envFrom")
+    resources: JSON = None
+    service_account_name: str | None = Field(default=None, alias="serviceAccountName")
+    node_selector: dict[str, str] | None = Field(default=None, alias="nodeSelector")
+    tolerations: list[JSON] = Field(default_factory=list)
+
+
+class WorkflowSpec(_Model):
+    """A workflow version, as deployed code declares it (``kubectl kflow manifest``)."""
+
+    workflow: Name
+    version: int = Field(ge=1)
+    signature: str = Field(pattern=r"^[0-9a-f]{64}$")
+    steps: list[Name] = Field(default_factory=list)
+    events: list[Name] = Field(default_factory=list)
+    timeout_seconds: int | None = Field(default=None, alias="timeoutSeconds", ge=1)
+    active: bool = True
+    executor: Literal["inline", "pod"] | None = Field(
+        default=None, description="Where segments run; the operator's default when omitted."
+    )
+    template: PodTemplate | None = None
+
+
+def structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema as a Kubernetes structural OpenAPI v3 schema."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            return walk({**target, **extra})
+        node = dict(node)
+        if "anyOf" in node:
+            options = node.pop("anyOf")
+            concrete = [o for o in options if o.get("type") != "null"]
+            if len(concrete) != 1:
+                raise ValueError(f"no structural form for a union of {concrete}")
+            node = {**concrete[0], **node}
+            if len(concrete) < len(options):
+                node["nullable"] = True
+            return walk(node)
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            keep = {k: node[k] for k in ("description",) if k in node}
+            return {**keep, "x-kubernetes-preserve-unknown-fields": True}
+        for key in ("title", "$defs", "default"):
+            node.pop(key, None)
+        if not isinstance(node.get("additionalProperties", {}), dict):
+            del node["additionalProperties"]  # extra="forbid": structural schemas prune
+        return {k: walk(v) for k, v in node.items()}
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return structural(model.model_json_schema(by_alias=True, mode="serialization"))
+
+
+def _crd(
+    *, kind: str, plural: str, short: str, spec: type[BaseModel], status: dict[str, Any],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["kflow", "all"] if kind == "WorkflowRun" else ["kflow"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "spec": _model_schema(spec),
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_manifests() -> list[dict[str, Any]]:
+    """The CRDs of `Workflow` and `WorkflowRun`, as the API server takes them."""
+    run_status = _model_schema(WorkflowRunStatus)
+    return [
+        _crd(
+            kind="Workflow",
+            plural="workflows",
+            short="wf",
+            spec=WorkflowSpec,
+            status={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            columns=[
+                {"name": "Workflow", "type": "string", "jsonPath": ".spec.workflow"},
+                {"name": "Version", "type": "integer", "jsonPath": ".spec.version"},
+                {"name": "Active", "type": "boolean", "jsonPath": ".spec.active"},
+                {"name": "Executor", "type": "string", "jsonPath": ".spec.executor"},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+        ),
+        _crd(
+            kind="WorkflowRun",
+            plural="workflowruns",
+            short="wfr",
+            spec=WorkflowRunSpec,
+            status=run_status,
+            columns=[
+                {"name": "Workflow", "type": "string", "jsonPath": ".spec.workflow"},
+                {"name": "Version", "type": "integer", "jsonPath": ".status.workflowVersion"},
+                {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                {"name": "Step", "type": "string", "jsonPath": ".status.currentStep"},
+                {"name": "Waiting", "type": "string", "jsonPath": ".status.waiting.kind"},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+        ),
+    ]
+
+
+def write_crds(folder: Path) -> list[Path]:
+    """Write one YAML file per CRD into ``folder`` (what ``crds/`` holds)."""
+    written = []
+    for crd in crd_manifests():
+        path = folder / f"{crd['metadata']['name']}.yaml"
+        path.write_text(render(crd), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def render(crd: dict[str, Any]) -> str:
+    header = "# Generated from kflow/resources.py by `python -m kflow.resources crds/`.\n"
+    body: str = yaml.safe_dump(crd, sort_keys=False, width=100)
+    return header + body
+
+
+if __name__ == "__main__":
+    for written in write_crds(Path(sys.argv[1] if len(sys.argv) > 1 else "crds")):
+        print(written)
