@@ -95,6 +95,8 @@ class Services:
     app_db: Database | None = None
     persist_step_start: bool = False
     max_inline_backoff: timedelta = timedelta(seconds=30)
+    on_record: Callable[[uuid.UUID], None] | None = None
+    """Told of every record a segment writes (the operator mirrors them into status)."""
 
 
 class _ResultNotJSON(NonRetryable, TypeError):
@@ -183,7 +185,12 @@ class WorkflowContext(EnvAccess):
         except PersistenceError as exc:
             self._poison = exc
             raise
+        self._recorded(step)
+
+    def _recorded(self, step: StepState) -> None:
         self._steps[step.key] = step
+        if self._svc.on_record is not None:
+            self._svc.on_record(self.run_id)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -478,10 +485,10 @@ class WorkflowContext(EnvAccess):
             self._poison = exc
             raise
         if found:
-            self._steps[key] = StepState(
+            self._recorded(StepState(
                 key=key, name=name, kind=StepKind.EVENT, status=StepStatus.COMPLETED,
                 attempts=1, result=payload, started_at=now, completed_at=now, seq=seq,
-            )  # fmt: skip
+            ))  # fmt: skip
             self._reach(now)
             return _parse_event(name, payload, type)
         deadline = state.wake_at if state is not None else (now + timeout if timeout else None)

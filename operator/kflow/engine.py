@@ -21,7 +21,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +33,7 @@ from kflow.context import SegmentEnded, Services, Suspended, WorkflowContext
 from kflow.env import EnvProvider, OsEnv
 from kflow.errors import (
     InvalidInput,
+    KflowError,
     LeaseLost,
     PersistenceError,
     TransientError,
@@ -46,6 +47,7 @@ from kflow.models import (
     RunStatus,
     SegmentOutcome,
     StepState,
+    SuspendKind,
     SuspendReason,
 )
 from kflow.serde import decode, describe_validation_error, encode
@@ -60,6 +62,7 @@ class Engine:
 
     ``owner`` names this executor in leases (default: host and pid). ``lease_ttl`` is how
     long a crashed executor keeps a run locked; live segments renew it every third of it.
+    ``on_record(run_id)`` is called after each step, sleep or wait record is stored.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Engine:
         env: EnvProvider | None = None,
         app_db: Database | None = None,
         http_client: httpx.AsyncClient | None = None,
+        on_record: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -92,6 +96,7 @@ class Engine:
             app_db=app_db,
             persist_step_start=persist_step_start,
             max_inline_backoff=max_inline_backoff,
+            on_record=on_record,
         )
 
     async def close(self) -> None:
@@ -212,6 +217,24 @@ class Engine:
             await self._finish(run, RunStatus.RETIRED_UNRESUMABLE, error=error)
             return _outcome(run.run_id, RunStatus.RETIRED_UNRESUMABLE, error=error)
 
+    async def retry(self, run_id: uuid.UUID) -> SegmentOutcome:
+        """Make a Failed or Blocked run runnable again, keeping its completed steps: failed
+        steps and timed-out waits run again, and a passed deadline starts over."""
+        async with self._lease(run_id, steal=True) as run:
+            if run.status != RunStatus.FAILED and not run.status.is_blocked:
+                raise KflowError(
+                    f"run {run_id} is {run.status.value}: only Failed or Blocked runs retry"
+                )
+            now = self.clock.now()
+            await self.store.forget_failures(run.run_id, run.lease_epoch)
+            timeout = run.timeout_seconds
+            await self._finish(
+                run, RunStatus.WAITING, reason=SuspendReason(SuspendKind.RETRY, "retry", now),
+                error=None, completed_at=None,
+                deadline=now + timedelta(seconds=timeout) if timeout else None,
+            )  # fmt: skip
+            return _outcome(run.run_id, RunStatus.WAITING, ready_at=now)
+
     async def _unchanged(self, run: RunRecord) -> SegmentOutcome:
         """A finished run: give the lease back and report it as it is."""
         await self._finish(run, run.status)
@@ -300,11 +323,12 @@ class Engine:
                 definition.timeout.total_seconds() if definition.timeout else None
             )
             run.workflow_version, run.signature = definition.version, definition.signature
+            run.timeout_seconds = timeout
             run.deadline = run.deadline or (now + timedelta(seconds=timeout) if timeout else None)
             await self.store.update_run(
                 run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING,
                 workflow_version=run.workflow_version, signature=run.signature,
-                deadline=run.deadline, error=None,
+                timeout_s=timeout, deadline=run.deadline, error=None,
             )  # fmt: skip
         elif run.status != RunStatus.RUNNING:
             await self.store.update_run(

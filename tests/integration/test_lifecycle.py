@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from kflow import (
     Engine,
     InvalidInput,
+    KflowError,
     LeaseHeld,
     LeaseLost,
     Registry,
@@ -203,3 +204,35 @@ async def test_a_long_segment_keeps_its_lease_alive(make_env) -> None:
         assert (await segment).status is RunStatus.COMPLETED
         await busy.close()
         await other.close()
+
+
+async def test_retry_reruns_failed_steps_and_keeps_completed_ones(make_env) -> None:
+    calls: list[str] = []
+    broken = {"yes": True}
+
+    def first() -> str:
+        calls.append("first")
+        return "one"
+
+    def second() -> str:
+        calls.append("second")
+        if broken["yes"]:
+            raise RuntimeError("dependency down")
+        return "two"
+
+    @workflow(name="retryable", steps=["first", "second"], timeout=timedelta(hours=1))
+    async def wf(ctx: WorkflowContext) -> list[str]:
+        return [await ctx.step("first", first), await ctx.step("second", second)]
+
+    async with make_env(wf) as env:
+        failed = await env.execute(wf)
+        assert failed.status is RunStatus.FAILED
+        env.clock.advance(timedelta(hours=2))  # past the first deadline, too
+        broken["yes"] = False
+        ready = await env.engine.retry(failed.run_id)
+        assert ready.status is RunStatus.WAITING and ready.ready_at == env.clock.now()
+        done = await env.drive(failed.run_id)
+        assert done.status is RunStatus.COMPLETED and done.output == ["one", "two"]
+        assert calls == ["first", "second", "second"]
+        with pytest.raises(KflowError, match="only Failed or Blocked runs retry"):
+            await env.engine.retry(failed.run_id)

@@ -45,7 +45,7 @@ T = TypeVar("T")
 _RUN_COLUMNS = frozenset(
     {
         "workflow_version", "signature", "status", "output", "error", "started_at",
-        "completed_at", "deadline", "wake_at", "waiting_event", "suspend_kind",
+        "completed_at", "deadline", "wake_at", "waiting_event", "suspend_kind", "timeout_s",
     }
 )  # fmt: skip
 
@@ -366,6 +366,24 @@ class Store:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
 
     # -- history -------------------------------------------------------------------
+
+    @_wrap_errors
+    async def forget_failures(self, run_id: uuid.UUID, epoch: int) -> int:
+        """Fenced: delete the run's failed records (steps and timed-out waits) so that a
+        retry runs them again; completed ones stay. Returns how many were deleted."""
+        deleted = await self.pool.fetchval(
+            """WITH lease AS (SELECT run_id FROM runs
+                              WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE),
+                    gone AS (DELETE FROM steps WHERE run_id = (SELECT run_id FROM lease)
+                             AND status = 'failed' RETURNING 1)
+               SELECT CASE WHEN EXISTS (SELECT 1 FROM lease)
+                           THEN (SELECT count(*) FROM gone) END""",
+            run_id,
+            epoch,
+        )
+        if deleted is None:
+            raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
+        return int(deleted)
 
     @_wrap_errors
     async def load_history(self, run_id: uuid.UUID) -> tuple[list[StepState], dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""The Kubernetes side of kflow: kopf handlers, the inline executor, timers and status."""

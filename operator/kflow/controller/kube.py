@@ -1,0 +1,155 @@
+"""`KubeApi`: the few Kubernetes calls the operator makes outside kopf's handlers.
+
+Status mirroring, annotation removal and Kubernetes Events happen from background tasks
+(a segment's steps, timers), where kopf's per-handler ``patch`` is not available. They go
+through one async httpx client, so they never block the event loop (the official client
+is synchronous). Credentials come from the kubeconfig or the in-cluster service account,
+read by the official client's loader; a projected service-account token is re-read from
+its file as it rotates.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from kflow.resources import GROUP, VERSION
+
+__all__ = ["ApiError", "KubeApi"]
+
+SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes API {status}: {message}")
+        self.status = status
+
+
+class _Auth(httpx.Auth):
+    """Bearer token (re-read from the service-account file each minute) or none (certs)."""
+
+    def __init__(self, token: str | None, token_file: Path | None) -> None:
+        self._token, self._file, self._read_at = token, token_file, time.monotonic()
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        if self._file is not None and time.monotonic() - self._read_at > 60:
+            self._token, self._read_at = self._file.read_text().strip(), time.monotonic()
+        if self._token:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+
+class KubeApi:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    @classmethod
+    def from_environment(cls) -> KubeApi:
+        """From ``$KUBECONFIG``/``~/.kube/config``, else the in-cluster service account."""
+        cfg = k8s_client.Configuration()
+        in_cluster = False
+        try:
+            k8s_config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            in_cluster = True
+        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.cert_file and cfg.key_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        if not cfg.verify_ssl:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        bearer = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+        token = bearer.removeprefix("Bearer ").strip() if bearer else None
+        auth = _Auth(token, SA_TOKEN if in_cluster else None)
+        http = httpx.AsyncClient(base_url=cfg.host, verify=context, auth=auth, timeout=30)
+        return cls(http)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, body: Any, content_type: str) -> Any:
+        response = await self._http.request(
+            method, path, json=body, headers={"Content-Type": content_type}
+        )
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("message", response.text))
+            except ValueError:
+                message = response.text
+            raise ApiError(response.status_code, message)
+        return response.json()
+
+    @staticmethod
+    def _run_path(namespace: str, name: str) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowruns/{name}"
+
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a WorkflowRun's status subresource."""
+        await self._send(
+            "PATCH",
+            self._run_path(namespace, name) + "/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
+
+    async def remove_annotation(self, namespace: str, name: str, key: str, value: str) -> bool:
+        """Remove annotation ``key`` if it still holds ``value``; False if it changed."""
+        pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        try:
+            await self._send(
+                "PATCH",
+                self._run_path(namespace, name),
+                [
+                    {"op": "test", "path": pointer, "value": value},
+                    {"op": "remove", "path": pointer},
+                ],
+                "application/json-patch+json",
+            )
+        except ApiError as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise
+        return True
+
+    async def post_event(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        uid: str,
+        type: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """Record a Kubernetes Event on a WorkflowRun (``kubectl describe`` shows it)."""
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        await self._send(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/events",
+            {
+                "metadata": {"generateName": f"{name}."},
+                "involvedObject": {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "WorkflowRun",
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": uid,
+                },
+                "type": type,
+                "reason": reason,
+                "message": message[:1024],
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+                "source": {"component": "kflow-operator"},
+            },  # fmt: skip
+            "application/json",
+        )

@@ -1,0 +1,130 @@
+"""Building a WorkflowRun's ``status`` from the run's state in PostgreSQL (pure).
+
+The status is a bounded summary: the last `max_steps` records (the count of older ones in
+``stepsOmitted``), the output only when it is small, errors cut to a length, so that a
+run with thousands of steps or a large output stays far below etcd's object limit. The
+whole is in PostgreSQL (``kubectl kflow describe``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from kflow.models import RunRecord, RunStatus, StepState, StepStatus
+from kflow.resources import (
+    Condition,
+    EventDelivery,
+    StepStatusView,
+    Waiting,
+    WorkflowRunStatus,
+)
+
+__all__ = ["build_status"]
+
+MAX_ERROR = 1024
+MAX_EVENTS = 20
+
+
+def _cut(text: str | None, limit: int = MAX_ERROR) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 15] + "... (truncated)"
+
+
+def _current_step(run: RunRecord, history: list[StepState]) -> str | None:
+    if run.status.is_terminal:
+        return None
+    live = [s for s in history if s.status in (StepStatus.RUNNING, StepStatus.RETRYING)]
+    if live:
+        return live[-1].key
+    waiting = [s for s in history if s.status == StepStatus.WAITING]
+    return waiting[-1].key if waiting else None
+
+
+def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> list[Condition]:
+    before: dict[str, Condition] = {c.type: c for c in previous}
+    blocked = run.status.is_blocked
+    wanted = [
+        ("Ready", run.status == RunStatus.COMPLETED, run.status.value, run.error or ""),
+        (
+            "Waiting",
+            run.status == RunStatus.WAITING,
+            (run.suspend_kind.value.capitalize() if run.suspend_kind else "NotWaiting"),
+            f"event {run.waiting_event}" if run.waiting_event else "",
+        ),
+        ("Blocked", blocked, run.status.value if blocked else "NotBlocked", run.error or ""),
+    ]
+    out = []
+    for kind, on, reason, message in wanted:
+        status = "True" if on else "False"
+        old = before.get(kind)
+        since = old.last_transition_time if old is not None and old.status == status else now
+        out.append(
+            Condition.model_validate(
+                {"type": kind, "status": status, "reason": reason,
+                 "message": _cut(message) or "", "lastTransitionTime": since}
+            )
+        )  # fmt: skip
+    return out
+
+
+def build_status(
+    run: RunRecord,
+    history: list[StepState],
+    events: list[dict[str, Any]],
+    *,
+    now: datetime,
+    generation: int | None,
+    previous: WorkflowRunStatus | None = None,
+    max_steps: int = 50,
+    max_output_bytes: int = 16 * 1024,
+) -> WorkflowRunStatus:
+    """The status for ``run``; ``history`` in record order, ``events`` from the inbox."""
+    shown = history[-max_steps:]
+    output, truncated = run.output, False
+    if output is not None and len(json.dumps(output)) > max_output_bytes:
+        output, truncated = None, True
+    waiting = None
+    if run.status == RunStatus.WAITING and run.suspend_kind is not None:
+        waiting = Waiting(kind=run.suspend_kind.value, until=run.wake_at, event=run.waiting_event)
+    return WorkflowRunStatus.model_validate(
+        {
+            "phase": run.status.value,
+            "runId": str(run.run_id),
+            "workflowVersion": run.workflow_version,
+            "signature": run.signature,
+            "currentStep": _current_step(run, history),
+            "steps": [
+                StepStatusView.model_validate(
+                    {
+                        "name": s.key,
+                        "state": s.status.value,
+                        "attempts": s.attempts,
+                        "startedAt": s.started_at,
+                        "completedAt": s.completed_at,
+                        "error": _cut(s.error, 512),
+                    }
+                )  # fmt: skip
+                for s in shown
+            ],
+            "stepsOmitted": len(history) - len(shown),
+            "waiting": waiting,
+            "output": output,
+            "outputTruncated": truncated,
+            "error": _cut(run.error),
+            "events": [
+                EventDelivery.model_validate(
+                    {
+                        "name": e["name"],
+                        "state": "consumed" if e["consumed_by"] else "pending",
+                        "consumedBy": e["consumed_by"],
+                    }
+                )  # fmt: skip
+                for e in events[-MAX_EVENTS:]
+            ],
+            "conditions": _conditions(run, now, previous.conditions if previous else []),
+            "observedGeneration": generation,
+        }
+    )

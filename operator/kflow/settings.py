@@ -1,0 +1,74 @@
+"""`OperatorSettings`: every knob of the operator, from ``KFLOW_*`` environment variables.
+
+Loaded once at start-up and passed explicitly; nothing reads the environment later. The
+database DSN comes from ``KFLOW_DSN`` or, better in a cluster, from a file mounted from a
+Secret (``KFLOW_DSN_FILE``); it is a `SecretStr`, so it never appears in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["OperatorSettings"]
+
+
+class OperatorSettings(BaseSettings):
+    """The operator's configuration (environment variables ``KFLOW_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="KFLOW_", extra="forbid")
+
+    dsn: SecretStr | None = None
+    """PostgreSQL DSN of kflow's store. Prefer `dsn_file`."""
+
+    dsn_file: Path | None = None
+    """A file holding the DSN (mounted from a Secret)."""
+
+    schema_name: str = Field(default="kflow", alias="KFLOW_SCHEMA")
+    """The PostgreSQL schema holding kflow's tables."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch (JSON list); empty means all (needs cluster-wide RBAC)."""
+
+    workflow_modules: list[str] = Field(default_factory=list)
+    """Python modules whose `@workflow`/`@compensation` definitions the inline executor runs."""
+
+    concurrency: int = Field(default=16, ge=1)
+    """Segments the inline executor runs at once."""
+
+    default_executor: Literal["inline", "pod"] = "inline"
+    """Executor for Workflows that do not choose one."""
+
+    status_interval: timedelta = timedelta(milliseconds=500)
+    """At most one status PATCH per run per interval while its steps are fast."""
+
+    lease_ttl: timedelta = timedelta(seconds=60)
+    """How long a crashed executor keeps a run locked."""
+
+    max_event_bytes: int = Field(default=64 * 1024, ge=1)
+    """Largest event payload accepted from an annotation."""
+
+    max_status_steps: int = Field(default=50, ge=1)
+    """Steps listed in a run's status; older ones are counted in ``stepsOmitted``."""
+
+    max_status_output_bytes: int = Field(default=16 * 1024, ge=0)
+    """Largest output copied into the status; larger ones are truncated there."""
+
+    health_port: int = 8080
+    """Port of the liveness endpoint (``/healthz``), which also checks the database."""
+
+    @model_validator(mode="after")
+    def _one_dsn(self) -> OperatorSettings:
+        if (self.dsn is None) == (self.dsn_file is None):
+            raise ValueError("set exactly one of KFLOW_DSN and KFLOW_DSN_FILE")
+        return self
+
+    def database_dsn(self) -> str:
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        assert self.dsn_file is not None
+        return self.dsn_file.read_text(encoding="utf-8").strip()
