@@ -150,6 +150,6 @@ class KubeApi:
                 "lastTimestamp": now,
                 "count": 1,
                 "source": {"component": "kflow-operator"},
-            },  # fmt: skip
+            },
             "application/json",
         )

@@ -63,10 +63,15 @@ def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> lis
         since = old.last_transition_time if old is not None and old.status == status else now
         out.append(
             Condition.model_validate(
-                {"type": kind, "status": status, "reason": reason,
-                 "message": _cut(message) or "", "lastTransitionTime": since}
+                {
+                    "type": kind,
+                    "status": status,
+                    "reason": reason,
+                    "message": _cut(message) or "",
+                    "lastTransitionTime": since,
+                }
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -106,7 +111,7 @@ def build_status(
                         "completedAt": s.completed_at,
                         "error": _cut(s.error, 512),
                     }
-                )  # fmt: skip
+                )
                 for s in shown
             ],
             "stepsOmitted": len(history) - len(shown),
@@ -121,7 +126,7 @@ def build_status(
                         "state": "consumed" if e["consumed_by"] else "pending",
                         "consumedBy": e["consumed_by"],
                     }
-                )  # fmt: skip
+                )
                 for e in events[-MAX_EVENTS:]
             ],
             "conditions": _conditions(run, now, previous.conditions if previous else []),

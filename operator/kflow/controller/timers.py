@@ -10,6 +10,7 @@ re-schedules every waiting run from its row, so no timer is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import uuid
 from collections.abc import Callable
@@ -59,10 +60,8 @@ class TimerWheel:
             when, run_id = self._heap[0]
             delay = (when - self._clock.now()).total_seconds()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=min(delay, 3600))
-                except TimeoutError:
-                    pass
                 continue
             heapq.heappop(self._heap)
             del self._due[run_id]
