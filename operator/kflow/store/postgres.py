@@ -191,6 +191,11 @@ class Store:
         await self.pool.close()
 
     @_wrap_errors
+    async def ping(self) -> None:
+        """One round trip: for health checks."""
+        await self.pool.fetchval("SELECT 1")
+
+    @_wrap_errors
     async def drop(self) -> None:
         """Drop the whole schema with every run in it: for throw-away test stores."""
         quoted = '"' + self.schema.replace('"', '""') + '"'

@@ -1,0 +1,47 @@
+"""The ``kflow`` command: ``kflow operator`` and ``kflow crds``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kflow", description="Durable workflows on Kubernetes")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "operator", help="run the operator (settings from KFLOW_* environment variables)"
+    )
+    crds = commands.add_parser("crds", help="write the CRD manifests")
+    crds.add_argument("folder", type=Path, nargs="?", default=Path("crds"))
+    args = parser.parse_args(argv)
+
+    if args.command == "crds":
+        from kflow.resources import write_crds
+
+        for path in write_crds(args.folder):
+            print(path)
+        return 0
+
+    from pydantic import ValidationError
+
+    from kflow.controller.main import run_operator
+    from kflow.settings import OperatorSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = OperatorSettings()
+    except ValidationError as exc:
+        print(f"kflow operator: bad settings: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run_operator(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The kopf handlers: parse the body, call the `Controller`, nothing else.
+
+Registered on a `kopf.OperatorRegistry` of their own (no import-time global state). The
+controller reaches them through kopf's ``memo``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
+from kflow.controller.mirror import RunRef
+from kflow.controller.runtime import Controller
+from kflow.errors import TransientError
+from kflow.resources import GROUP, VERSION, WorkflowRunSpec
+from kflow.serde import describe_validation_error
+
+__all__ = ["build_registry"]
+
+
+def _ref(body: kopf.Body) -> RunRef:
+    meta = body["metadata"]
+    return RunRef(
+        namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
+        generation=meta.get("generation"),
+    )  # fmt: skip
+
+
+def _ours(annotations: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in annotations.items() if k.startswith(EVENT_PREFIX) or k in ACTIONS}
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    runs: dict[str, Any] = {
+        "group": GROUP, "version": VERSION, "plural": "workflowruns", "registry": registry,
+    }  # fmt: skip
+
+    async def adopt(body: kopf.Body, memo: kopf.Memo, *, resumed: bool) -> None:
+        controller: Controller = memo["controller"]
+        ref = _ref(body)
+        try:
+            spec = WorkflowRunSpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            message = f"invalid spec: {describe_validation_error(exc)}"
+            await controller.refuse(ref, "InvalidSpec", message)
+            raise kopf.PermanentError(message) from exc
+        try:
+            await controller.adopt(ref, spec, resumed=resumed)
+        except TransientError as exc:
+            raise kopf.TemporaryError(str(exc), delay=5) from exc
+
+    @kopf.on.create(**runs)
+    async def created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await adopt(body, memo, resumed=False)
+
+    @kopf.on.resume(**runs)
+    async def resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await adopt(body, memo, resumed=True)
+
+    @kopf.on.event(**runs)
+    async def annotated(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        body = event["object"]
+        ours = _ours(dict(body.get("metadata", {}).get("annotations") or {}))
+        if event["type"] == "DELETED" or not ours:
+            return
+        controller: Controller = memo["controller"]
+        await controller.annotations(_ref(kopf.Body(body)), ours)
+
+    @kopf.on.delete(**runs)
+    async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller = memo["controller"]
+        try:
+            await controller.delete(_ref(body))
+        except TransientError as exc:
+            raise kopf.TemporaryError(
+                f"cannot cancel the run before deletion, retrying: {exc}", delay=10
+            ) from exc
+
+    @kopf.on.probe(id="database", registry=registry)
+    async def database(memo: kopf.Memo, **_: Any) -> str:
+        controller: Controller = memo["controller"]
+        await controller.engine.store.ping()
+        return "ok"
+
+    return registry

@@ -1,0 +1,77 @@
+"""Wiring: settings -> store, registry, engine, controller -> kopf. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import kopf
+
+from kflow.clock import SystemClock
+from kflow.controller.handlers import build_registry
+from kflow.controller.kube import KubeApi
+from kflow.controller.runtime import Controller
+from kflow.engine import Engine
+from kflow.settings import OperatorSettings
+from kflow.store import Store
+from kflow.workflow import Registry
+
+__all__ = ["run_operator"]
+
+log = logging.getLogger("kflow.operator")
+
+Flag = asyncio.Event | threading.Event | asyncio.Future[Any]
+
+
+async def run_operator(
+    settings: OperatorSettings, *, stop_flag: Flag | None = None, ready_flag: Flag | None = None
+) -> None:
+    """Run the operator until ``stop_flag`` is set (or the process is signalled)."""
+    registry = Registry.from_modules(settings.workflow_modules)
+    store = await Store.open(settings.database_dsn(), schema=settings.schema_name)
+    kube = KubeApi.from_environment()
+    clock = SystemClock()
+    controller: Controller | None = None
+
+    def touched(run_id: Any) -> None:
+        if controller is not None:
+            controller.mirror.touch(run_id)
+
+    engine = Engine(
+        store, registry, clock=clock, lease_ttl=settings.lease_ttl,
+        persist_step_start=True, on_record=touched,
+    )  # fmt: skip
+    controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
+    await engine.register_definitions()
+    log.info(
+        "kflow operator: %d workflow(s) from %s, namespaces %s",
+        len(registry.workflows()), settings.workflow_modules, settings.namespaces or "all",
+    )  # fmt: skip
+
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.posting.enabled = False  # kflow posts its own Events, on phase changes
+    kopf_settings.persistence.finalizer = "kflow.io/finalizer"
+    background = asyncio.create_task(controller.run(), name="kflow-timers")
+    try:
+        await kopf.operator(
+            registry=build_registry(),
+            settings=kopf_settings,
+            memo=kopf.Memo(controller=controller),
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+        await controller.executor.drain()
+        await engine.close()
+        await kube.close()
+        await store.close()

@@ -1,0 +1,132 @@
+"""`StatusMirror`: a WorkflowRun's status follows its run, at most one PATCH per interval.
+
+Every record a segment writes *touches* the run. The first touch flushes at once; touches
+during the following interval are coalesced into one flush at its end, so a run making
+hundreds of fast steps costs a few PATCHes a second, and run throughput is bound by
+PostgreSQL, not by the API server. A flush reads the run from PostgreSQL (the operator
+is the only writer of the status) and skips the PATCH when nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from kflow.clock import Clock
+from kflow.controller.kube import ApiError, KubeApi
+from kflow.controller.status import build_status
+from kflow.engine import Engine
+from kflow.errors import RunNotFound, TransientError
+from kflow.resources import EventDelivery, WorkflowRunStatus
+
+__all__ = ["RunRef", "StatusMirror"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Where a run's WorkflowRun lives."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None = None
+
+
+class StatusMirror:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        kube: KubeApi,
+        clock: Clock,
+        interval: timedelta,
+        ref: Callable[[uuid.UUID], RunRef | None],
+        max_steps: int,
+        max_output_bytes: int,
+    ) -> None:
+        self._engine = engine
+        self._kube = kube
+        self._clock = clock
+        self._interval = interval.total_seconds()
+        self._ref = ref
+        self._max_steps = max_steps
+        self._max_output = max_output_bytes
+        self._dirty: set[uuid.UUID] = set()
+        self._flushers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._last: dict[uuid.UUID, WorkflowRunStatus] = {}
+        self.rejected: dict[uuid.UUID, list[EventDelivery]] = {}
+        """Annotations refused for a run, shown beside its delivered events."""
+        self.patches = 0
+
+    def touch(self, run_id: uuid.UUID) -> None:
+        self._dirty.add(run_id)
+        if run_id not in self._flushers:
+            self._flushers[run_id] = asyncio.create_task(
+                self._flush_loop(run_id), name=f"kflow-status-{run_id}"
+            )
+
+    def forget(self, run_id: uuid.UUID) -> None:
+        self._dirty.discard(run_id)
+        self._last.pop(run_id, None)
+        self.rejected.pop(run_id, None)
+        task = self._flushers.pop(run_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def last(self, run_id: uuid.UUID) -> WorkflowRunStatus | None:
+        return self._last.get(run_id)
+
+    async def _flush_loop(self, run_id: uuid.UUID) -> None:
+        try:
+            while run_id in self._dirty:
+                self._dirty.discard(run_id)
+                try:
+                    await self.flush(run_id)
+                except (TransientError, ApiError, OSError) as exc:
+                    log.warning("status of run %s not mirrored yet: %s", run_id, exc)
+                    self._dirty.add(run_id)
+                    await asyncio.sleep(max(self._interval, 1.0))
+                await asyncio.sleep(self._interval)
+        finally:
+            if self._flushers.get(run_id) is asyncio.current_task():
+                del self._flushers[run_id]
+
+    async def flush(self, run_id: uuid.UUID) -> None:
+        """Write the run's status now (if it changed)."""
+        ref = self._ref(run_id)
+        if ref is None:
+            return
+        try:
+            run = await self._engine.get_run(run_id)
+        except RunNotFound:
+            return
+        history = await self._engine.history(run_id)
+        events = await self._engine.store.list_events(run_id)
+        status = build_status(
+            run,
+            history,
+            events,
+            now=self._clock.now(),
+            generation=ref.generation,
+            previous=self._last.get(run_id),
+            max_steps=self._max_steps,
+            max_output_bytes=self._max_output,
+        )
+        status.events.extend(self.rejected.get(run_id, []))
+        if status == self._last.get(run_id):
+            return
+        body = status.model_dump(mode="json", by_alias=True)
+        try:
+            await self._kube.patch_run_status(ref.namespace, ref.name, body)
+        except ApiError as exc:
+            if exc.status == 404:  # the WorkflowRun is gone
+                return
+            raise
+        self.patches += 1
+        self._last[run_id] = status

@@ -1,0 +1,229 @@
+"""`Controller`: what the operator does with WorkflowRuns, below the kopf handlers.
+
+Handlers parse bodies and call one method here. The controller binds each WorkflowRun to
+a run (its id is the object's uid, so creation is idempotent), hands runs to the inline
+executor, parks sleeping runs in the timer wheel, delivers annotation events and
+actions, mirrors status, and posts Kubernetes Events on phase changes and refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from kflow.clock import Clock
+from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
+from kflow.controller.executor import InlineExecutor
+from kflow.controller.kube import KubeApi
+from kflow.controller.mirror import RunRef, StatusMirror
+from kflow.controller.timers import TimerWheel
+from kflow.engine import Engine
+from kflow.errors import InvalidInput, KflowError, RunNotFound, UndeclaredNameError
+from kflow.models import RunRecord, RunStatus, SegmentOutcome
+from kflow.resources import EventDelivery, WorkflowRunSpec
+from kflow.settings import OperatorSettings
+
+__all__ = ["Controller"]
+
+log = logging.getLogger(__name__)
+
+_NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
+
+
+class Controller:
+    def __init__(
+        self, *, engine: Engine, kube: KubeApi, settings: OperatorSettings, clock: Clock
+    ) -> None:
+        self.engine = engine
+        self._kube = kube
+        self._clock = clock
+        self._settings = settings
+        self._refs: dict[uuid.UUID, RunRef] = {}
+        self._phases: dict[uuid.UUID, RunStatus] = {}
+        self.timers = TimerWheel(clock, fire=self._wake)
+        self.executor = InlineExecutor(
+            engine,
+            concurrency=settings.concurrency,
+            on_outcome=self._outcome,
+            retry_at=self.timers.schedule,
+        )
+        self.mirror = StatusMirror(
+            engine=engine,
+            kube=kube,
+            clock=clock,
+            interval=settings.status_interval,
+            ref=self._refs.get,
+            max_steps=settings.max_status_steps,
+            max_output_bytes=settings.max_status_output_bytes,
+        )
+        self._actions: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """The controller's background work (timers) until cancelled."""
+        await self.timers.run()
+
+    def _wake(self, run_id: uuid.UUID) -> None:
+        self.executor.submit(run_id)
+
+    # -- WorkflowRun lifecycle -----------------------------------------------------
+
+    async def adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
+        """A WorkflowRun exists (created, or seen again after a restart): make sure its
+        run exists and is moving. ``resumed``: a previous operator may have died mid-run."""
+        run_id = uuid.UUID(ref.uid)
+        self._refs[run_id] = ref
+        try:
+            run = await self.engine.start(
+                spec.workflow,
+                spec.input,
+                version=spec.version,
+                run_id=run_id,
+                timeout=timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None,
+            )
+        except InvalidInput as exc:
+            await self.refuse(ref, "InvalidInput", str(exc))
+            return
+        self._phases.setdefault(run_id, run.status)
+        self._continue(run, steal=resumed)
+        self.mirror.touch(run_id)
+
+    def _continue(self, run: RunRecord, *, steal: bool) -> None:
+        if run.status.is_terminal:
+            return
+        if run.status == RunStatus.WAITING:
+            if run.wake_at is not None:
+                self.timers.schedule(run.run_id, run.wake_at)
+            if run.waiting_event is None:
+                return
+            # An event may have come while no operator ran: look once now.
+        self.executor.submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
+
+    async def refuse(self, ref: RunRef, reason: str, message: str) -> None:
+        """Report a WorkflowRun that cannot be run, instead of running it."""
+        await self._kube.patch_run_status(
+            ref.namespace,
+            ref.name,
+            {
+                "phase": RunStatus.FAILED.value,
+                "error": message,
+                "observedGeneration": ref.generation,
+            },
+        )
+        await self._event(ref, "Warning", reason, message)
+
+    async def delete(self, ref: RunRef) -> None:
+        """The WorkflowRun is being deleted: cancel its run first if it is active."""
+        run_id = uuid.UUID(ref.uid)
+        try:
+            run = await self.engine.get_run(run_id)
+        except RunNotFound:
+            run = None
+        if run is not None and not run.status.is_terminal:
+            await self.engine.cancel(run_id, "the WorkflowRun was deleted")
+        self.timers.cancel(run_id)
+        self.mirror.forget(run_id)
+        self._refs.pop(run_id, None)
+        self._phases.pop(run_id, None)
+
+    async def _outcome(self, outcome: SegmentOutcome) -> None:
+        run_id = outcome.run_id
+        self.mirror.touch(run_id)
+        if outcome.status == RunStatus.WAITING and outcome.ready_at is not None:
+            if outcome.ready_at <= self._clock.now():
+                self.executor.submit(run_id)
+            else:
+                self.timers.schedule(run_id, outcome.ready_at)
+        before = self._phases.get(run_id)
+        self._phases[run_id] = outcome.status
+        ref = self._refs.get(run_id)
+        if ref is None or before == outcome.status or outcome.status == RunStatus.WAITING:
+            return
+        if outcome.status.is_terminal or outcome.status.is_blocked:
+            kind = "Normal" if outcome.status in _NORMAL else "Warning"
+            message = outcome.error or f"run {outcome.status.value}"
+            await self._event(ref, kind, outcome.status.value, message)
+
+    async def _event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
+        try:
+            await self._kube.post_event(
+                namespace=ref.namespace, name=ref.name, uid=ref.uid,
+                type=kind, reason=reason, message=message,
+            )  # fmt: skip
+        except Exception as exc:  # an Event is a courtesy: never fail the caller for it
+            log.warning(
+                "could not post Event %s on %s/%s: %s", reason, ref.namespace, ref.name, exc
+            )
+
+    # -- annotations -------------------------------------------------------------
+
+    async def annotations(self, ref: RunRef, annotations: dict[str, str]) -> None:
+        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones."""
+        found = parse_annotations(annotations, max_bytes=self._settings.max_event_bytes)
+        for item in found:
+            if isinstance(item, EventAnnotation):
+                await self._deliver(ref, item)
+            elif isinstance(item, Rejected):
+                await self._reject(ref, item.key, item.value, item.name, item.reason)
+            else:
+                await self._act(ref, item)
+
+    async def _deliver(self, ref: RunRef, event: EventAnnotation) -> None:
+        run_id = uuid.UUID(ref.uid)
+        try:
+            sent = await self.engine.send_event(
+                run_id, event.name, event.payload, dedupe_key=event.dedupe_key
+            )
+        except (UndeclaredNameError, RunNotFound) as exc:
+            await self._reject(ref, event.key, event.value, event.name, str(exc))
+            return
+        if not sent.stored and not sent.duplicate:
+            await self._reject(
+                ref, event.key, event.value, event.name,
+                f"the run is {sent.status.value}: event {event.name!r} was not delivered",
+            )  # fmt: skip
+            return
+        await self._kube.remove_annotation(ref.namespace, ref.name, event.key, event.value)
+        if sent.wakes_run:
+            self.executor.submit(run_id)
+        self.mirror.touch(run_id)
+
+    async def _reject(self, ref: RunRef, key: str, value: str, name: str, reason: str) -> None:
+        run_id = uuid.UUID(ref.uid)
+        self.mirror.rejected.setdefault(run_id, []).append(
+            EventDelivery.model_validate({"name": name, "state": "rejected", "message": reason})
+        )
+        await self._event(ref, "Warning", "EventRejected", f"{key}: {reason}")
+        await self._kube.remove_annotation(ref.namespace, ref.name, key, value)
+        self.mirror.touch(run_id)
+
+    async def _act(self, ref: RunRef, action: Action) -> None:
+        run_id = uuid.UUID(ref.uid)
+        reason = action.value or f"{action.verb} requested by annotation"
+        try:
+            outcome: SegmentOutcome
+            if action.verb == "cancel":
+                outcome = await self.engine.cancel(run_id, reason)
+            elif action.verb == "retire":
+                outcome = await self.engine.retire(run_id, reason)
+            else:
+                outcome = await self.engine.retry(run_id)
+        except KflowError as exc:
+            await self._event(ref, "Warning", f"{action.verb.capitalize()}Refused", str(exc))
+        else:
+            self.timers.cancel(run_id)
+            await self._outcome(outcome)
+        await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
+
+    def known_runs(self) -> dict[uuid.UUID, RunRef]:
+        return dict(self._refs)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runs": len(self._refs),
+            "timers": len(self.timers),
+            "segments_running": self.executor.busy,
+            "status_patches": self.mirror.patches,
+        }

@@ -1,0 +1,149 @@
+"""Pure parts of the controller: annotations, the status summary, the timer wheel."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from kflow import RunStatus, StepState, StepStatus, VirtualClock
+from kflow.clock import SystemClock
+from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
+from kflow.controller.status import build_status
+from kflow.controller.timers import TimerWheel
+from kflow.models import RunRecord, StepKind, SuspendKind
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def test_annotations_are_parsed_into_events_actions_and_refusals() -> None:
+    found = parse_annotations(
+        {
+            "event.kflow.io/approved": '{"by": "ana"}',
+            "event.kflow.io/ping": "",
+            "event.kflow.io/broken": "{not json",
+            "event.kflow.io/big": '"' + "x" * 100 + '"',
+            "event.kflow.io/bad name": "1",
+            "kflow.io/cancel": "customer asked",
+            "unrelated/annotation": "x",
+        },
+        max_bytes=64,
+    )
+    by_key = {item.key: item for item in found}
+    assert set(by_key) == {
+        "event.kflow.io/approved", "event.kflow.io/ping", "event.kflow.io/broken",
+        "event.kflow.io/big", "event.kflow.io/bad name", "kflow.io/cancel",
+    }  # fmt: skip
+    approved = by_key["event.kflow.io/approved"]
+    assert isinstance(approved, EventAnnotation) and approved.payload == {"by": "ana"}
+    ping = by_key["event.kflow.io/ping"]
+    assert isinstance(ping, EventAnnotation) and ping.payload is None
+    broken = by_key["event.kflow.io/broken"]
+    assert isinstance(broken, Rejected) and broken.reason.startswith("payload is not JSON")
+    big = by_key["event.kflow.io/big"]
+    assert isinstance(big, Rejected) and "over the 64 limit" in big.reason
+    assert isinstance(by_key["event.kflow.io/bad name"], Rejected)
+    cancel = by_key["kflow.io/cancel"]
+    assert isinstance(cancel, Action) and cancel.verb == "cancel"
+
+
+def test_dedupe_keys_follow_name_and_value() -> None:
+    def key(name: str, value: str) -> str:
+        (item,) = parse_annotations({f"event.kflow.io/{name}": value}, max_bytes=100)
+        assert isinstance(item, EventAnnotation)
+        return item.dedupe_key
+
+    assert key("a", "1") == key("a", "1")
+    assert key("a", "1") != key("a", "2")
+    assert key("a", "1") != key("b", "1")
+
+
+def _run(**overrides: object) -> RunRecord:
+    fields: dict[str, object] = {
+        "run_id": uuid.UUID(int=1), "workflow_name": "w", "workflow_version": 1,
+        "signature": "f" * 64, "status": RunStatus.RUNNING,
+    }  # fmt: skip
+    fields.update(overrides)
+    return RunRecord(**fields)  # type: ignore[arg-type]
+
+
+def _steps(n: int) -> list[StepState]:
+    return [
+        StepState(key=f"s#{i}", name="s", status=StepStatus.COMPLETED, attempts=1, seq=i)
+        for i in range(n)
+    ]
+
+
+def test_status_of_a_long_run_is_bounded() -> None:
+    history = [*_steps(5000), StepState(key="last", name="last", attempts=2)]
+    status = build_status(
+        _run(output={"blob": "x" * (2 * 1024 * 1024)}),
+        history,
+        [],
+        now=NOW,
+        generation=3,
+        max_steps=50,
+        max_output_bytes=16 * 1024,
+    )
+    assert len(status.steps) == 50 and status.steps_omitted == 4951
+    assert status.current_step == "last"
+    assert status.output is None and status.output_truncated
+    assert len(status.model_dump_json(by_alias=True)) < 20_000
+    assert status.observed_generation == 3
+
+
+def test_status_conditions_and_waiting() -> None:
+    run = _run(
+        status=RunStatus.WAITING,
+        suspend_kind=SuspendKind.EVENT,
+        waiting_event="approved",
+        wake_at=NOW + timedelta(days=1),
+    )
+    wait = StepState(key="@event:approved#1", name="approved", kind=StepKind.EVENT,
+                     status=StepStatus.WAITING)  # fmt: skip
+    first = build_status(run, [wait], [], now=NOW, generation=1)
+    assert first.waiting is not None and first.waiting.event == "approved"
+    assert first.current_step == "@event:approved#1"
+    conditions = {c.type: (c.status, c.reason) for c in first.conditions}
+    assert conditions == {
+        "Ready": ("False", "Waiting"),
+        "Waiting": ("True", "Event"),
+        "Blocked": ("False", "NotBlocked"),
+    }
+    later = build_status(run, [wait], [], now=NOW + timedelta(hours=1), generation=1,
+                         previous=first)  # fmt: skip
+    assert later.conditions == first.conditions  # no transition, same times
+    done = build_status(_run(status=RunStatus.COMPLETED, output=1), [], [],
+                        now=NOW + timedelta(hours=2), generation=1, previous=later)  # fmt: skip
+    ready = next(c for c in done.conditions if c.type == "Ready")
+    assert ready.status == "True" and ready.last_transition_time == NOW + timedelta(hours=2)
+    assert done.current_step is None and done.waiting is None
+
+
+async def test_timer_wheel_fires_once_each_in_order() -> None:
+    clock = SystemClock()
+    fired: list[uuid.UUID] = []
+    wheel = TimerWheel(clock, fire=fired.append)
+    task = asyncio.create_task(wheel.run())
+    a, b, c = (uuid.UUID(int=i) for i in (1, 2, 3))
+    now = clock.now()
+    wheel.schedule(a, now + timedelta(milliseconds=150))
+    wheel.schedule(b, now + timedelta(milliseconds=50))
+    wheel.schedule(c, now + timedelta(milliseconds=100))
+    wheel.schedule(a, now + timedelta(milliseconds=120))  # replaces a's first timer
+    wheel.cancel(c)
+    await asyncio.sleep(0.4)
+    task.cancel()
+    assert fired == [b, a]
+    assert len(wheel) == 0
+
+
+async def test_timer_wheel_fires_past_times_at_once() -> None:
+    clock = VirtualClock(NOW)
+    fired: list[uuid.UUID] = []
+    wheel = TimerWheel(clock, fire=fired.append)
+    task = asyncio.create_task(wheel.run())
+    wheel.schedule(uuid.UUID(int=7), NOW - timedelta(days=3))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    assert fired == [uuid.UUID(int=7)]
