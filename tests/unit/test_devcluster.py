@@ -1,0 +1,71 @@
+"""Pure parts of kflow.devcluster: env expansion, the downward API, the cache, PID safety."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kflow.devcluster.build import COMPONENTS, find_cached
+from kflow.devcluster.podenv import PodConfigError, command_line, expand, field_ref
+from kflow.devcluster.procs import is_ours, stop_pid
+
+POD = {
+    "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "web"}},
+    "spec": {"nodeName": "n1"},
+    "status": {},
+}
+
+
+def test_expand_follows_kubernetes_rules() -> None:
+    env = {"A": "1", "B": "two"}
+    assert expand("$(A)-$(B)", env) == "1-two"
+    assert expand("$(MISSING)", env) == "$(MISSING)"
+    assert expand("$$(A)", env) == "$(A)"
+
+
+def test_field_ref_covers_the_downward_api() -> None:
+    assert field_ref(POD, "metadata.name") == "p"
+    assert field_ref(POD, "metadata.namespace") == "ns"
+    assert field_ref(POD, "metadata.uid") == "u-1"
+    assert field_ref(POD, "spec.nodeName") == "n1"
+    assert field_ref(POD, "spec.serviceAccountName") == "default"
+    assert field_ref(POD, "status.podIP") == "127.0.0.1"
+    assert field_ref(POD, "metadata.labels['app']") == "web"
+    with pytest.raises(PodConfigError, match="not modelled"):
+        field_ref(POD, "spec.priority")
+
+
+def test_command_line_needs_a_command() -> None:
+    container = {"name": "c", "command": ["python", "-c"], "args": ["print('$(X)')"]}
+    assert command_line(container, {"X": "y"}) == ["python", "-c", "print('y')"]
+    with pytest.raises(PodConfigError, match="no command"):
+        command_line({"name": "c", "args": ["x"]}, {})
+
+
+def test_find_cached_ignores_unfinished_builds(tmp_path: Path) -> None:
+    unfinished = tmp_path / "k8s-1.0" / "bin"
+    unfinished.mkdir(parents=True)
+    for c in COMPONENTS:
+        (unfinished / c).touch()
+    assert find_cached(tmp_path) is None  # no .complete stamp
+    (tmp_path / "k8s-1.0" / ".complete").write_text("1.0\n")
+    found = find_cached(tmp_path)
+    assert found is not None
+    assert found.version == "1.0"
+    assert found.path("kube-apiserver") == unfinished / "kube-apiserver"
+
+
+def test_stop_pid_leaves_other_processes_alone(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not is_ours(proc.pid, str(tmp_path))
+        stop_pid(proc.pid, marker=str(tmp_path), grace=0.1)  # not ours: untouched
+        assert proc.poll() is None
+        stop_pid(proc.pid, marker="time.sleep(30)", grace=5)
+        assert proc.wait(timeout=5) is not None
+    finally:
+        proc.kill()
+        proc.wait()
