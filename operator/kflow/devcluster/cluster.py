@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -199,6 +200,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         last = "no answer"
         headers = {"Authorization": f"Bearer {self.tokens['admin']}"}
+        tls: ssl.SSLContext | None = None
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
@@ -206,10 +208,11 @@ class LocalCluster:
                         f"{name} exited ({proc.returncode}) during start; end of its log:\n"
                         + tail(self._dir / f"{name}.log")
                     )
-            if self.ca_file.exists():
+            if tls is None and self.ca_file.exists():
+                tls = ssl.create_default_context(cafile=str(self.ca_file))
+            if tls is not None:
                 try:
-                    r = httpx.get(f"{self.server}/readyz", headers=headers,
-                                  verify=str(self.ca_file), timeout=2)  # fmt: skip
+                    r = httpx.get(f"{self.server}/readyz", headers=headers, verify=tls, timeout=2)
                     if r.status_code == 200:
                         return
                     last = f"{r.status_code}: {r.text[-500:]}"

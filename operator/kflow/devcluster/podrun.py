@@ -61,17 +61,17 @@ class _Container:
         }  # fmt: skip
 
 
-class PodRunner(threading.Thread):
-    """Runs one Pod until it ends, is deleted, or the stand-in stops."""
+class PodRunner:
+    """Runs one Pod, in a thread of its own, until it ends, is deleted, or the stand-in stops."""
 
     def __init__(self, rest: Rest, pod: Obj, *, pod_dir: Path, ca_file: Path, path: str) -> None:
         meta = pod["metadata"]
-        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.rest, self.pod, self.pod_dir, self.ca_file = rest, pod, pod_dir, ca_file
         self.path = path  # prepended to PATH: the project's Python environment
         self.api_path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
         self.uid = str(meta["uid"])
         self.key = f"{meta['namespace']}/{meta['name']}"
+        self._thread = threading.Thread(target=self._main, name=f"pod-{self.key}", daemon=True)
         self.spec: Obj = pod["spec"]
         self.policy = str(self.spec.get("restartPolicy", "Always"))
         self.init = [_Container(c, pod_dir / f"{c['name']}.log")
@@ -103,7 +103,16 @@ class PodRunner(threading.Thread):
 
     # -- the Pod's life --------------------------------------------------------------------
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
         try:
             self._run()
         except Exception:

@@ -9,6 +9,7 @@ is one streamed response that `close()` ends from another thread, and a bounded
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -43,7 +44,7 @@ class Rest:
     def _new_client(self, *, timeout: float | None) -> httpx.Client:
         return httpx.Client(
             base_url=self.endpoint.server,
-            verify=str(self.endpoint.ca_file),
+            verify=ssl.create_default_context(cafile=str(self.endpoint.ca_file)),
             headers={"Authorization": f"Bearer {self.endpoint.token}"},
             timeout=httpx.Timeout(timeout, connect=10),
         )
