@@ -217,8 +217,10 @@ def ensure_built(*, root: Path | None = None, say: Say = _say) -> K8sBinaries:
         for component in COMPONENTS:
             shutil.copy2(src / "_output/bin" / component, bindir / component)
         (build_dir / _COMPLETE).write_text(f"{version}\n")
-        # The tree and Go's object cache are ~2 GB we no longer need.
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(root / "go-build", ignore_errors=True)
+        # The sources, the tree and Go's object cache are ~2 GB we no longer need.
+        for path in [src, build_dir / "download", root / "go-build"]:
+            shutil.rmtree(path, ignore_errors=True)
+        for tarball in build_dir.glob("kubernetes_*.tar.*"):  # dpkg-source's copy
+            tarball.unlink()
         say(f"kubernetes {version} ready in {bindir} ({time.monotonic() - started:.0f}s)")
         return K8sBinaries(version=version, bindir=bindir)

@@ -2,13 +2,15 @@
 
 Why not the official ``kubernetes`` client: the stand-in only moves raw JSON (it never needs
 typed models), and it must be able to abort a watch at once on shutdown; with httpx a watch
-is one streamed response that `close()` ends from another thread, and a bounded
-``timeoutSeconds`` does the rest. Objects are plain dicts, as a kubelet sees them on the wire.
+is one streamed response whose socket `close()` shuts down from another thread. Objects
+are plain dicts, as a kubelet sees them on the wire.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -98,6 +100,11 @@ class Rest:
         with self._lock:
             streams = list(self._streams)
         for response in streams:
-            response.close()
+            # A read blocked in another thread only returns when its socket is shut down.
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         self._watch_client.close()
         self._client.close()
