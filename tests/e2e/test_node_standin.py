@@ -40,7 +40,9 @@ def _phase(core: client.CoreV1Api, namespace: str, name: str, *phases: str) -> A
     return wait_for(check, timeout=60, what=f"pod {name} to reach {phases}")
 
 
-def test_exit_code_and_logs_are_reported(api: client.ApiClient, namespace: str) -> None:
+def test_exit_code_and_logs_are_reported(
+    harness: Harness, api: client.ApiClient, namespace: str
+) -> None:
     core = client.CoreV1Api(api)
     code = "import sys; print('to the log'); sys.exit(3)"
     core.create_namespaced_pod(namespace, _pod("fails", code))
@@ -51,6 +53,21 @@ def test_exit_code_and_logs_are_reported(api: client.ApiClient, namespace: str) 
     assert terminated.reason == "Error"
     log_file = Path(pod.status.message.split("main=")[1].split(";")[0])
     assert log_file.read_text() == "to the log\n"
+    logs = harness.run("kubectl", "logs", "fails", "-n", namespace)  # via the log endpoint
+    assert logs.stdout == "to the log\n"
+
+
+def test_kubectl_logs_follows_a_running_container(
+    harness: Harness, api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    code = "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.5)\n"
+    core.create_namespaced_pod(namespace, _pod("talker", code))
+    _phase(core, namespace, "talker", "Running", "Succeeded")
+    followed = harness.run("kubectl", "logs", "-f", "talker", "-n", namespace)
+    assert followed.stdout == "line 0\nline 1\nline 2\n"  # returned when the process ended
+    tail = harness.run("kubectl", "logs", "--tail=1", "talker", "-n", namespace)
+    assert tail.stdout == "line 2\n"
 
 
 def test_env_secrets_downward_api_and_postgres(

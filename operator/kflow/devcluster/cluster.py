@@ -194,6 +194,7 @@ class LocalCluster:
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24",
+            "--kubelet-preferred-address-types=InternalIP",
         ])  # fmt: skip
 
     def _wait_ready(self, timeout: float) -> None:

@@ -19,9 +19,10 @@ and runs each one in a `kflow.devcluster.podrun.PodRunner` thread:
   subresource; init containers in order; ``restartPolicy`` Always/OnFailure/Never with
   back-off; ``activeDeadlineSeconds``; deletion with SIGTERM, the grace period, SIGKILL,
   then deleting the Pod object with grace 0;
-- logs: ``kubectl logs`` needs a kubelet endpoint, which this does not serve. Each
-  container's output goes to ``<pod dir>/<container>.log``, named in the Pod's
-  ``status.message``.
+- logs: each container's output goes to ``<pod dir>/<container>.log``, named in the Pod's
+  ``status.message``, and ``kubectl logs [-f] [--tail]`` works: the stand-in serves the
+  kubelet's ``/containerLogs`` endpoint (`kflow.devcluster.logserver`), the only kubelet
+  endpoint it serves (no exec, attach, port-forward, metrics).
 
 What it does NOT model: images (the command must be given; ``workingDir`` is used only if it
 exists here), volumes and volume mounts, networking (every Pod's IP is 127.0.0.1 and ports
@@ -36,9 +37,12 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from kflow.devcluster.kubeconfig import ApiEndpoint
+from kflow.devcluster.logserver import LogServer
 from kflow.devcluster.podrun import PodRunner, now
 from kflow.devcluster.rest import ApiError, Obj, Rest
 
@@ -71,6 +75,7 @@ class NodeStandIn:
         self._deleting: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch_loop, name=f"node-{name}", daemon=True)
+        self.logs = LogServer(self._log_source, certdir=workdir / ".kubelet", name=name)
 
     def __enter__(self) -> NodeStandIn:
         return self.start()
@@ -80,6 +85,7 @@ class NodeStandIn:
 
     def start(self) -> NodeStandIn:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.start()
         self._register()
         self._thread.start()
         return self
@@ -87,6 +93,7 @@ class NodeStandIn:
     def stop(self) -> None:
         """Stop watching and kill every process this stand-in started."""
         self._stop.set()
+        self.logs.stop()
         self.rest.close()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
@@ -103,6 +110,14 @@ class NodeStandIn:
             if r.key == f"{namespace}/{pod}"
             for pid in r.pids()
         ]
+
+    def _log_source(
+        self, namespace: str, pod: str, container: str
+    ) -> tuple[Path, Callable[[], bool]] | None:
+        for runner in reversed(list(self.runners.values())):  # the newest Pod of that name
+            if runner.key == f"{namespace}/{pod}" and runner.has_container(container):
+                return runner.pod_dir / f"{container}.log", partial(runner.running, container)
+        return None
 
     def pod_dir(self, pod: Obj) -> Path:
         meta = pod["metadata"]
@@ -134,8 +149,9 @@ class NodeStandIn:
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID"),
             ],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": self.name}],
+            # No Hostname address: the API server would try to resolve it to reach us.
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.logs.port}},
             "capacity": _CAPACITY, "allocatable": _CAPACITY,
             "nodeInfo": {"kubeletVersion": "v1.20.2-kflow-node-stand-in",
                          "kubeProxyVersion": "", "operatingSystem": "linux",

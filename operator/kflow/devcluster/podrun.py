@@ -98,6 +98,16 @@ class PodRunner:
         """The stand-in stops: kill the processes quickly and leave the API alone."""
         self._shutdown.set()
 
+    def has_container(self, name: str) -> bool:
+        return any(c.name == name for c in [*self.init, *self.main])
+
+    def running(self, name: str) -> bool:
+        """Whether container `name` runs now or will again (a restart is pending)."""
+        return self.is_alive() and any(
+            c.name == name and ((c.proc is not None and c.proc.poll() is None) or c.restart_at)
+            for c in [*self.init, *self.main]
+        )
+
     def pids(self) -> list[int]:
         return [c.proc.pid for c in [*self.init, *self.main] if c.proc and c.proc.poll() is None]
 
