@@ -176,3 +176,27 @@ def test_pod_gets_service_account_credentials(api: client.ApiClient, namespace: 
     assert pod.status.phase == "Succeeded", out
     # The default service account may not list secrets: the request ran as it, not as admin.
     assert out.splitlines() == ["denied 403", f"{namespace} 127.0.0.1"]
+
+
+def test_init_containers_and_restart_on_failure(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    # HOME is the Pod's directory, shared by its containers (there are no volumes).
+    init = "import pathlib; (pathlib.Path.home() / 'seed').write_text('from init')"
+    flaky = (
+        "import pathlib, sys\n"
+        "runs = pathlib.Path.home() / 'runs'\n"
+        "runs.write_text(runs.read_text() + 'x' if runs.exists() else 'x')\n"
+        "print((pathlib.Path.home() / 'seed').read_text(), len(runs.read_text()))\n"
+        "sys.exit(1 if len(runs.read_text()) == 1 else 0)\n"  # fails once, then succeeds
+    )
+    pod = _pod("flaky", flaky, restartPolicy="OnFailure", initContainers=[
+        {"name": "seed", "image": "ignored", "command": ["python", "-c", init]}])  # fmt: skip
+    core.create_namespaced_pod(namespace, pod)
+    done = _phase(core, namespace, "flaky", "Succeeded", "Failed")
+    assert done.status.phase == "Succeeded"
+    (main,) = done.status.container_statuses
+    assert main.restart_count == 1  # after a kubelet's 10 s back-off
+    assert main.last_state.terminated.exit_code == 1
+    assert done.status.init_container_statuses[0].state.terminated.exit_code == 0
+    log_file = Path(done.status.message.split("main=")[1].split(";")[0])
+    assert log_file.read_text() == "from init 1\nfrom init 2\n"

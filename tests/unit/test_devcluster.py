@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from kflow.devcluster.build import COMPONENTS, find_cached
+from kflow.devcluster.build import COMPONENTS, _locked, find_cached
 from kflow.devcluster.podenv import PodConfigError, command_line, expand, field_ref
 from kflow.devcluster.procs import is_ours, stop_pid
 
@@ -69,3 +70,33 @@ def test_stop_pid_leaves_other_processes_alone(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_build_lock_makes_a_second_builder_wait(tmp_path: Path) -> None:
+    said: list[str] = []
+    order: list[str] = []
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with _locked(tmp_path / "build.lock", said.append):
+            first_in.set()
+            release.wait(5)
+            order.append("first")
+
+    def second() -> None:
+        with _locked(tmp_path / "build.lock", said.append):
+            order.append("second")
+
+    a = threading.Thread(target=first)
+    a.start()
+    first_in.wait(5)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.3)
+    assert b.is_alive()  # blocked on the lock
+    release.set()
+    a.join(5)
+    b.join(5)
+    assert order == ["first", "second"]
+    assert any("waiting" in s for s in said)
