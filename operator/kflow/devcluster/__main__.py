@@ -80,7 +80,11 @@ def up(args: argparse.Namespace) -> int:
             pg = LocalPostgres().start()
             postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
             cluster.add_process(
-                "postgres", postmaster, marker=str(pg.datadir), cleanup=pg.datadir.parent
+                "postgres",
+                postmaster,
+                marker=str(pg.datadir),
+                cleanup=pg.datadir.parent,
+                stop_signal=signal.SIGINT,  # PostgreSQL's fast shutdown
             )
             info["dsn"] = pg.dsn
         pointer.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ class LocalCluster:
         self.pids: dict[str, int] = {}
         self.markers: dict[str, str] = {}  # per helper process: what its command line names
         self.cleanup: list[str] = []  # helpers' directories, removed by stop()
+        self.signals: dict[str, int] = {}  # helpers stopped by another signal than SIGTERM
         self.tokens: dict[str, str] = {}
         self.api_port = 0
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -233,6 +235,7 @@ class LocalCluster:
             "pids": self.pids,
             "markers": self.markers,
             "cleanup": self.cleanup,
+            "signals": self.signals,
             "tokens": self.tokens,
             "version": self.binaries.version if self.binaries else None,
         }
@@ -252,18 +255,28 @@ class LocalCluster:
         cluster.tokens = dict(state["tokens"])
         cluster.markers = dict(state.get("markers", {}))
         cluster.cleanup = list(state.get("cleanup", []))
+        cluster.signals = {k: int(v) for k, v in state.get("signals", {}).items()}
         cluster.users = dict.fromkeys(cluster.tokens, ())
         return cluster
 
     def add_process(
-        self, name: str, pid: int, *, marker: str | None = None, cleanup: Path | None = None
+        self,
+        name: str,
+        pid: int,
+        *,
+        marker: str | None = None,
+        cleanup: Path | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         """Record a helper process so that `stop()` stops it too (and removes `cleanup`).
 
         Its command line must contain `marker` (by default, the cluster's work dir): that is
-        how `stop()` knows the PID still belongs to it.
+        how `stop()` knows the PID still belongs to it. `stop_signal` asks it to stop
+        (PostgreSQL wants SIGINT for a fast shutdown).
         """
         self.pids[name] = pid
+        if stop_signal != signal.SIGTERM:
+            self.signals[name] = int(stop_signal)
         if marker is not None:
             self.markers[name] = marker
         if cleanup is not None:
@@ -279,7 +292,8 @@ class LocalCluster:
         for name in order:
             pid = self.pids.pop(name, None)
             if pid is not None:
-                stop_pid(pid, marker=self.markers.get(name, marker))
+                sig = self.signals.get(name, signal.SIGTERM)
+                stop_pid(pid, marker=self.markers.get(name, marker), sig=sig)
             proc = self._procs.pop(name, None)
             if proc is not None and proc.poll() is None:
                 proc.wait()

@@ -198,9 +198,10 @@ class NodeStandIn:
                 runner.request_delete(0)
             return
         if meta.get("deletionTimestamp"):
-            if runner is not None and runner.is_alive():
-                runner.request_delete(float(meta.get("deletionGracePeriodSeconds") or 0))
-            elif uid not in self._deleting:
+            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+            if runner is not None and runner.request_delete(grace):
+                return
+            if uid not in self._deleting:
                 self._deleting.add(uid)
                 path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
                 try:

@@ -80,6 +80,9 @@ class PodRunner:
         self.started_at = now()
         self._started_mono = time.monotonic()
         self._delete = threading.Event()
+        self._lock = threading.Lock()
+        self._done = False  # set under _lock when the thread ends: no more deletes taken
+        self._deleted = False
         self._grace = 30.0
         self._shutdown = threading.Event()
         self._env: dict[str, dict[str, str]] = {}
@@ -89,10 +92,15 @@ class PodRunner:
 
     # -- called from other threads ---------------------------------------------------------
 
-    def request_delete(self, grace: float) -> None:
-        """The Pod has a deletionTimestamp: stop its processes within `grace` seconds."""
-        self._grace = min(self._grace, grace) if self._delete.is_set() else grace
-        self._delete.set()
+    def request_delete(self, grace: float) -> bool:
+        """The Pod has a deletionTimestamp: stop its processes within `grace` seconds, then
+        delete the object. False if this runner has already finished: the caller deletes."""
+        with self._lock:
+            if self._done:
+                return False
+            self._grace = min(self._grace, grace) if self._delete.is_set() else grace
+            self._delete.set()
+            return True
 
     def shutdown(self) -> None:
         """The stand-in stops: kill the processes quickly and leave the API alone."""
@@ -128,6 +136,10 @@ class PodRunner:
         except Exception:
             log.exception("node stand-in: pod %s failed", self.key)
             self._kill_all(grace=1)
+        with self._lock:
+            self._done = True
+        if self._delete.is_set() and not self._deleted:  # asked while the Pod was ending
+            self._finish_deleted()
 
     def _run(self) -> None:
         self.pod_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +282,7 @@ class PodRunner:
             self.policy = policy
 
     def _finish_deleted(self) -> None:
+        self._deleted = True
         if self._shutdown.is_set():
             self._kill_all(grace=2)
             return
@@ -281,8 +294,6 @@ class PodRunner:
     def _end(self, phase: str, reason: str | None, message: str) -> None:
         self.phase, self.reason, self.message = phase, reason, message
         self._report()
-        if self._delete.is_set():
-            self._finish_deleted()
 
     # -- status ----------------------------------------------------------------------------
 
