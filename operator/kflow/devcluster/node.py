@@ -24,6 +24,11 @@ and runs each one in a `kflow.devcluster.podrun.PodRunner` thread:
   kubelet's ``/containerLogs`` endpoint (`kflow.devcluster.logserver`), the only kubelet
   endpoint it serves (no exec, attach, port-forward, metrics).
 
+It talks to the API server with a small httpx client (`kflow.devcluster.rest`), not the
+official ``kubernetes`` client: it handles raw JSON as a kubelet does and must end its watch
+at once on `stop()`. It runs in threads inside the calling process (the e2e fixtures) or as
+a process of its own (``python -m kflow.devcluster up`` starts one).
+
 What it does NOT model: images (the command must be given; ``workingDir`` is used only if it
 exists here), volumes and volume mounts, networking (every Pod's IP is 127.0.0.1 and ports
 are the host's, no Services or DNS), probes (a running container is Ready), resource

@@ -96,7 +96,7 @@ class _Lookup:
         return data[ref["key"]]
 
 
-def container_env(rest: Rest, pod: Obj, container: Obj, *, base: dict[str, str]) -> dict[str, str]:
+def container_env(rest: Rest, pod: Obj, *, container: Obj, base: dict[str, str]) -> dict[str, str]:
     """The process environment of `container`: `base`, then envFrom, then env, in order."""
     lookup = _Lookup(rest, pod["metadata"]["namespace"])
     env = dict(base)

@@ -207,7 +207,7 @@ class PodRunner:
                 if kubeconfig is not None:
                     base["KUBECONFIG"] = str(kubeconfig)
                 for c in [*self.init, *self.main]:
-                    env = container_env(self.rest, self.pod, c.spec, base=base)
+                    env = container_env(self.rest, self.pod, container=c.spec, base=base)
                     command_line(c.spec, env)  # fail early on a missing command
                     self._env[c.name] = env
                 return True
