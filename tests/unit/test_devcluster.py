@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,10 @@ def test_find_cached_ignores_unfinished_builds(tmp_path: Path) -> None:
 def test_stop_pid_leaves_other_processes_alone(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
+        # /proc/<pid>/cmdline can read empty for a moment right after the exec.
+        deadline = time.monotonic() + 5
+        while not is_ours(proc.pid, "time.sleep(30)") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not is_ours(proc.pid, str(tmp_path))
         stop_pid(proc.pid, marker=str(tmp_path), grace=0.1)  # not ours: untouched
         assert proc.poll() is None

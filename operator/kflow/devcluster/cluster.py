@@ -32,7 +32,7 @@ import httpx
 
 from kflow.devcluster.build import K8sBinaries, ensure_built
 from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
-from kflow.devcluster.procs import spawn, stop_pid, tail
+from kflow.devcluster.procs import spawn, stop_child, stop_pid, tail
 from kflow.localpg import free_port
 
 __all__ = ["ClusterError", "LocalCluster", "find_etcd"]
@@ -291,12 +291,12 @@ class LocalCluster:
         order = [n for n in self.pids if n not in _STOP_ORDER] + list(_STOP_ORDER)
         for name in order:
             pid = self.pids.pop(name, None)
-            if pid is not None:
-                sig = self.signals.get(name, signal.SIGTERM)
-                stop_pid(pid, marker=self.markers.get(name, marker), sig=sig)
             proc = self._procs.pop(name, None)
-            if proc is not None and proc.poll() is None:
-                proc.wait()
+            sig = self.signals.get(name, signal.SIGTERM)
+            if proc is not None:
+                stop_child(proc, sig=sig)
+            elif pid is not None:  # started by another process (`up`): check it is ours
+                stop_pid(pid, marker=self.markers.get(name, marker), sig=sig)
         for path in [*self.cleanup, str(self.workdir)]:
             shutil.rmtree(path, ignore_errors=True)
         self.cleanup.clear()

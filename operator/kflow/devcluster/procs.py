@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["is_ours", "spawn", "stop_pid", "tail"]
+__all__ = ["is_ours", "spawn", "stop_child", "stop_pid", "tail"]
 
 
 def spawn(
@@ -72,6 +72,19 @@ def stop_pid(pid: int, *, marker: str, grace: float = 10.0, sig: int = signal.SI
             os.kill(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.05)
+
+
+def stop_child(
+    proc: subprocess.Popen[bytes], *, grace: float = 10.0, sig: int = signal.SIGTERM
+) -> None:
+    """Stop a process this process started: until we reap it, its PID cannot be reused."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def tail(path: Path, chars: int = 2000) -> str:
