@@ -22,9 +22,10 @@ apt_opts=(-o DPkg::Lock::Timeout=600 -y -qq)
 # 1. A deb-src entry, so `apt-get source kubernetes` can fetch the Kubernetes tree.
 src_list=/etc/apt/sources.list.d/kflow-bookworm-src.sources
 updated=""
-if ! grep -rqs "deb-src" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  say "adding a deb-src entry for bookworm ($src_list)"
-  $sudo tee "$src_list" >/dev/null <<'EOF'
+if ! apt-cache showsrc kubernetes 2>/dev/null | grep '^Package: kubernetes' >/dev/null; then
+  if [ ! -f "$src_list" ]; then
+    say "adding a deb-src entry for bookworm ($src_list)"
+    $sudo tee "$src_list" >/dev/null <<'EOF'
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm bookworm-updates
@@ -37,8 +38,9 @@ Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
+  fi
   say "apt-get update"
-  $sudo apt-get update -qq
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
   updated=1
 fi
 
@@ -55,7 +57,7 @@ command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 if ((${#need_apt[@]})); then
   if [ -z "$updated" ]; then
     say "apt-get update"
-    $sudo apt-get update -qq
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
   fi
   say "installing Debian packages: ${need_apt[*]}"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install "${apt_opts[@]}" "${need_apt[@]}" >/dev/null
