@@ -125,34 +125,54 @@ class LocalCluster:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self, *, timeout: float = 90.0) -> LocalCluster:
+        """Start every server and wait until each answers its health check.
+
+        Ports are picked free but only taken when a server binds them, so another process
+        may win one in between: then the whole start is retried on new ports.
+        """
         binaries = self.binaries = self.binaries or ensure_built()
+        for attempt in range(3):
+            try:
+                self._start_once(binaries, timeout)
+                return self
+            except ClusterError as e:
+                self.stop()
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, binaries: K8sBinaries, timeout: float) -> None:
         d = self.workdir = Path(tempfile.mkdtemp(prefix="kflow-k8s-"))
-        try:
-            self._write_credentials(d)
-            self._start_etcd(d)
-            self._start_apiserver(d, binaries)
-            self._wait_ready(timeout)
-            write_kubeconfig(self.kubeconfig, self.endpoint(), user="admin")
-            kc = str(self.kubeconfig)
-            common = [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
-                      f"--authorization-kubeconfig={kc}", "--bind-address=127.0.0.1",
-                      "--port=0", "--leader-elect=false"]  # fmt: skip
-            if self.with_controller_manager:
-                self._spawn("controller-manager", [
-                    binaries.path("kube-controller-manager"), *common,
-                    f"--secure-port={free_port()}",
-                    f"--service-account-private-key-file={d / 'sa.key'}",
-                    f"--root-ca-file={self.ca_file}", f"--controllers={_CONTROLLERS}",
-                ])  # fmt: skip
-            if self.with_scheduler:
-                self._spawn("scheduler", [
-                    binaries.path("kube-scheduler"), *common, f"--secure-port={free_port()}",
-                ])  # fmt: skip
-            self.save_state()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        self._write_credentials(d)
+        self._start_etcd(d)
+        self._start_apiserver(d, binaries)
+        headers = {"Authorization": f"Bearer {self.tokens['admin']}"}
+        self._wait_healthy("apiserver", f"{self.server}/readyz", timeout, headers=headers)
+        write_kubeconfig(self.kubeconfig, self.endpoint(), user="admin")
+        kc = str(self.kubeconfig)
+        common = [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+                  f"--authorization-kubeconfig={kc}", "--bind-address=127.0.0.1",
+                  "--port=0", "--leader-elect=false"]  # fmt: skip
+        ports = {}
+        if self.with_controller_manager:
+            ports["controller-manager"] = port = free_port()
+            self._spawn("controller-manager", [
+                binaries.path("kube-controller-manager"), *common, f"--secure-port={port}",
+                f"--service-account-private-key-file={d / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}", f"--controllers={_CONTROLLERS}",
+            ])  # fmt: skip
+        if self.with_scheduler:
+            ports["scheduler"] = port = free_port()
+            self._spawn("scheduler", [
+                binaries.path("kube-scheduler"), *common, f"--secure-port={port}",
+            ])  # fmt: skip
+        for name, port in ports.items():
+            # /healthz needs no credentials; their certificates are self-signed.
+            self._wait_healthy(name, f"https://127.0.0.1:{port}/healthz", timeout)
+        self.save_state()
 
     def _write_credentials(self, d: Path) -> None:
         for args in (
@@ -199,23 +219,25 @@ class LocalCluster:
             "--kubelet-preferred-address-types=InternalIP",
         ])  # fmt: skip
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_healthy(
+        self, name: str, url: str, timeout: float, *, headers: dict[str, str] | None = None
+    ) -> None:
+        """Poll `url` until it answers 200; fail early if any server of ours has exited."""
         deadline = time.monotonic() + timeout
         last = "no answer"
-        headers = {"Authorization": f"Bearer {self.tokens['admin']}"}
-        tls: ssl.SSLContext | None = None
+        tls: ssl.SSLContext | bool | None = None if name == "apiserver" else False
         while time.monotonic() < deadline:
-            for name, proc in self._procs.items():
+            for proc_name, proc in self._procs.items():
                 if proc.poll() is not None:
                     raise ClusterError(
-                        f"{name} exited ({proc.returncode}) during start; end of its log:\n"
-                        + tail(self._dir / f"{name}.log")
+                        f"{proc_name} exited ({proc.returncode}) during start; end of its log:\n"
+                        + tail(self._dir / f"{proc_name}.log")
                     )
-            if tls is None and self.ca_file.exists():
+            if tls is None and self.ca_file.exists():  # the API server writes it as it starts
                 tls = ssl.create_default_context(cafile=str(self.ca_file))
             if tls is not None:
                 try:
-                    r = httpx.get(f"{self.server}/readyz", headers=headers, verify=tls, timeout=2)
+                    r = httpx.get(url, headers=headers, verify=tls, timeout=2)
                     if r.status_code == 200:
                         return
                     last = f"{r.status_code}: {r.text[-500:]}"
@@ -223,8 +245,8 @@ class LocalCluster:
                     last = repr(e)
             time.sleep(0.2)
         raise ClusterError(
-            f"API server not ready after {timeout:.0f}s ({last}); end of its log:\n"
-            + tail(self._dir / "apiserver.log")
+            f"{name} not healthy after {timeout:.0f}s ({last}); end of its log:\n"
+            + tail(self._dir / f"{name}.log")
         )
 
     def save_state(self) -> Path:
