@@ -69,7 +69,7 @@ class Harness:
 
     cluster: LocalCluster
     node: NodeStandIn
-    env: dict[str, str]  # PATH with helm and kubectl, KUBECONFIG of the admin
+    env: dict[str, str]  # PATH with helm and kubectl, KUBECONFIG of the admin, helm's dirs
 
     def run(
         self, *args: str | Path, user: str | None = None, check: bool = True, timeout: float = 60
@@ -112,9 +112,23 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     with cluster:
         assert cluster.workdir is not None
         with NodeStandIn(cluster.endpoint(), workdir=cluster.workdir / "pods") as node:
-            env = {**os.environ, "PATH": path, "KUBECONFIG": str(cluster.kubeconfig),
-                   "HOME": str(tmp_path_factory.mktemp("home"))}  # fmt: skip
+            helm_home = tmp_path_factory.mktemp("helm")
+            env = {
+                **os.environ, "PATH": path, "KUBECONFIG": str(cluster.kubeconfig),
+                "KFLOW_CACHE_DIR": str(cache_root()),  # what this session built or found
+                "HELM_CACHE_HOME": str(helm_home / "cache"),
+                "HELM_CONFIG_HOME": str(helm_home / "config"),
+                "HELM_DATA_HOME": str(helm_home / "data"),
+            }  # fmt: skip
             yield Harness(cluster=cluster, node=node, env=env)
+
+
+@pytest.fixture
+def kube_env(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """For one test: helm and kubectl on PATH and the admin KUBECONFIG in os.environ."""
+    for key in ("PATH", "KUBECONFIG", "KFLOW_CACHE_DIR"):
+        monkeypatch.setenv(key, harness.env[key])
+    return harness.env
 
 
 @pytest.fixture(scope="session")

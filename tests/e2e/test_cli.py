@@ -26,7 +26,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=90)  # fmt: skip
 
 
-def test_up_and_down(harness: Harness) -> None:
+def test_up_and_down(harness: Harness, kube_env: dict[str, str]) -> None:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     up = _cli("up", "--name", name, "--postgres")
     assert up.returncode == 0, up.stderr + up.stdout
@@ -36,8 +36,8 @@ def test_up_and_down(harness: Harness) -> None:
         assert set(state["pids"]) == {"etcd", "apiserver", "controller-manager", "scheduler",
                                       "node", "postgres"}  # fmt: skip
         assert f"export KUBECONFIG={info['kubeconfig']}" in up.stdout
-        env = {**harness.env, "KUBECONFIG": info["kubeconfig"]}
-        nodes = subprocess.run(["kubectl", "get", "nodes", "-o", "name"], env=env,
+        kubectl = ["kubectl", "--kubeconfig", info["kubeconfig"]]  # on PATH: kube_env
+        nodes = subprocess.run([*kubectl, "get", "nodes", "-o", "name"],
                                capture_output=True, text=True, check=True)  # fmt: skip
         assert nodes.stdout == "node/kflow-node-stand-in\n"
         assert _cli("up", "--name", name).returncode == 1  # already up: refused

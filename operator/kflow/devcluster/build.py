@@ -14,10 +14,12 @@ The system packages this needs are installed by ``scripts/bootstrap-cluster.sh``
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -174,9 +176,11 @@ def _make(src: Path, *, gocache: Path, say: Say) -> None:
     say(f"building {', '.join(COMPONENTS)} (about 7 minutes cold on 2 cores; log: {log})")
     started = time.monotonic()
     with log.open("w") as out:
+        # Its own process group, so that an interrupted build stops all of Go's workers.
         proc = subprocess.Popen(
-            ["make", f"WHAT={targets}"], cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+            ["make", f"WHAT={targets}"], cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         done = threading.Event()
 
         def report() -> None:
@@ -186,9 +190,16 @@ def _make(src: Path, *, gocache: Path, say: Say) -> None:
 
         reporter = threading.Thread(target=report, daemon=True)
         reporter.start()
-        code = proc.wait()
-        done.set()
-        reporter.join()
+        try:
+            code = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+        finally:
+            done.set()
+            reporter.join()
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise BuildError(f"make WHAT='{targets}' failed ({code}); end of {log}:\n{tail}")
