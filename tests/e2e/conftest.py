@@ -43,15 +43,23 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _is_e2e(item: pytest.Item) -> bool:
+    return E2E_DIR in Path(str(item.path)).parents
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark e2e tests, and build the binaries now if any will run (no test timeout yet)."""
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries now if an e2e test will run: no test's timeout runs yet."""
     global _binaries, _build_error
-    e2e = [item for item in items if E2E_DIR in Path(str(item.path)).parents]
-    for item in e2e:
-        item.add_marker(pytest.mark.e2e)
-    if not e2e or _binaries is not None:
+    if _binaries is not None or not any(_is_e2e(item) for item in session.items):
         return
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
 
     def say(message: str) -> None:
         if reporter is not None:
