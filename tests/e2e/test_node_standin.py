@@ -84,7 +84,8 @@ def test_env_secrets_downward_api_and_postgres(
         "    conn = await asyncpg.connect(os.environ['DSN'])\n"
         "    one = await conn.fetchval('select 1')\n"
         "    await conn.close()\n"
-        "    keys = ['POD_NAME', 'POD_NS', 'POD_UID', 'SA', 'NODE', 'IP', 'MODE', 'GREETING']\n"
+        "    keys = ['POD_NAME', 'POD_NS', 'POD_UID', 'SA', 'NODE', 'IP', 'MODE', 'GREETING',\n"
+        "            'CFG_mode', 'DB_dsn']\n"
         "    print(json.dumps({'one': one, 'python': sys.executable,\n"
         "                      **{k: os.environ[k] for k in keys}}))\n"
         "asyncio.run(main())\n"
@@ -104,7 +105,10 @@ def test_env_secrets_downward_api_and_postgres(
         {"name": "IP", "valueFrom": field("status.podIP")},
         {"name": "GREETING", "value": "hello $(POD_NAME) in $(MODE)"},
     ]
-    core.create_namespaced_pod(namespace, _pod("env", code, container={"env": env}))
+    env_from = [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"},
+                {"secretRef": {"name": "db"}, "prefix": "DB_"}]  # fmt: skip
+    container = {"env": env, "envFrom": env_from}
+    core.create_namespaced_pod(namespace, _pod("env", code, container=container))
     pod = _phase(core, namespace, "env", "Succeeded", "Failed")
     log_file = Path(pod.status.message.split("main=")[1].split(";")[0])
     assert pod.status.phase == "Succeeded", log_file.read_text()
@@ -113,6 +117,7 @@ def test_env_secrets_downward_api_and_postgres(
         "one": 1, "python": seen["python"], "POD_NAME": "env", "POD_NS": namespace,
         "POD_UID": pod.metadata.uid, "SA": "default", "NODE": "kflow-node-stand-in",
         "IP": "127.0.0.1", "MODE": "e2e", "GREETING": "hello env in e2e",
+        "CFG_mode": "e2e", "DB_dsn": pg_dsn,
     }  # fmt: skip
     assert Path(seen["python"]).parent == Path(sys.executable).parent  # the project's venv
 
