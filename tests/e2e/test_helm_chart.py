@@ -27,10 +27,9 @@ def test_helm_chart_runs_to_completion(
     core = client.CoreV1Api(api)
     (web,) = core.list_namespaced_pod(namespace, label_selector="app=hello-web").items
     assert web.spec.node_name == "kflow-node-stand-in"
-    events = core.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={web.metadata.name},reason=Scheduled"
-    ).items
-    assert events
+    selector = f"involvedObject.name={web.metadata.name},reason=Scheduled"
+    events = wait_for(lambda: core.list_namespaced_event(namespace, field_selector=selector).items,
+                      what="the scheduler's event")  # fmt: skip
     assert events[0].reporting_component == "default-scheduler"
     record = json.loads(wait_for(lambda: _read(out / f"{web.metadata.name}.json")))
     assert record["POD_UID"] == web.metadata.uid
