@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from kflow.settings import OperatorSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         settings = OperatorSettings()
     except ValidationError as exc:

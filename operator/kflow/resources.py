@@ -88,7 +88,7 @@ class Condition(_Model):
     type: Literal["Ready", "Waiting", "Blocked"]
     status: Literal["True", "False", "Unknown"]
     reason: str
-    message: str = ""
+    message: str | None = None
     last_transition_time: datetime = Field(alias="lastTransitionTime")
 
 

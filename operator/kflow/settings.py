@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["OperatorSettings"]
@@ -60,6 +60,17 @@ class OperatorSettings(BaseSettings):
 
     health_port: int = 8080
     """Port of the liveness endpoint (``/healthz``), which also checks the database."""
+
+    @field_validator("status_interval", "lease_ttl", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """Durations may be plain seconds (``0.5``) as well as ISO 8601 (``PT0.5S``)."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @model_validator(mode="after")
     def _one_dsn(self) -> OperatorSettings:

@@ -39,6 +39,11 @@ def build_registry() -> kopf.OperatorRegistry:
         "group": GROUP, "version": VERSION, "plural": "workflowruns", "registry": registry,
     }  # fmt: skip
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own gets none of kopf's default login handlers.
+        return kopf.login_via_client(**kwargs)
+
     async def adopt(body: kopf.Body, memo: kopf.Memo, *, resumed: bool) -> None:
         controller: Controller = memo["controller"]
         ref = _ref(body)
@@ -68,7 +73,10 @@ def build_registry() -> kopf.OperatorRegistry:
         if event["type"] == "DELETED" or not ours:
             return
         controller: Controller = memo["controller"]
-        await controller.annotations(_ref(kopf.Body(body)), ours)
+        ref = _ref(kopf.Body(body))
+        if not controller.knows(ref):  # an annotation may come before the create handler
+            await adopt(kopf.Body(body), memo, resumed=True)
+        await controller.annotations(ref, ours)
 
     @kopf.on.delete(**runs)
     async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -27,6 +27,8 @@ __all__ = ["RunRef", "StatusMirror"]
 
 log = logging.getLogger(__name__)
 
+_TOP_LEVEL = [field.alias or name for name, field in WorkflowRunStatus.model_fields.items()]
+
 
 @dataclass(frozen=True)
 class RunRef:
@@ -121,7 +123,10 @@ class StatusMirror:
         status.events.extend(self.rejected.get(run_id, []))
         if status == self._last.get(run_id):
             return
-        body = status.model_dump(mode="json", by_alias=True)
+        # A merge patch deletes what is null at the top, but keeps nulls inside list items
+        # (which the schema refuses): leave None out below the top level.
+        body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body.update({name: None for name in _TOP_LEVEL if name not in body})
         try:
             await self._kube.patch_run_status(ref.namespace, ref.name, body)
         except ApiError as exc:

@@ -217,8 +217,8 @@ class Controller:
             await self._outcome(outcome)
         await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
 
-    def known_runs(self) -> dict[uuid.UUID, RunRef]:
-        return dict(self._refs)
+    def knows(self, ref: RunRef) -> bool:
+        return uuid.UUID(ref.uid) in self._refs
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -67,7 +67,7 @@ def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> lis
                     "type": kind,
                     "status": status,
                     "reason": reason,
-                    "message": _cut(message) or "",
+                    "message": _cut(message) or None,  # "" reads back as null on 1.20
                     "lastTransitionTime": since,
                 }
             )
