@@ -1,64 +1,139 @@
-"""The main job, until the operator lands: run the example order saga through the engine.
+"""The main job: kflow end to end on a local control plane, driven with kubectl.
 
-Starts a throw-away PostgreSQL, then drives three orders through
-``examples/orders/workflow.py`` in virtual time (the 30-minute hold passes at once):
-one paid and shipped, one cancelled by an operator (its reservation released by the
-durable compensation), one paid the wrong amount (compensated by the handler itself).
+Starts a Kubernetes control plane (``kflow.devcluster``: etcd, kube-apiserver,
+controller-manager, scheduler, node stand-in) and a throw-away PostgreSQL, installs the
+CRDs, runs the operator (inline executor, with ``examples/orders/workflow.py``), then:
+
+1. applies ``examples/orders/run.yaml`` — the order holds its stock 3 s (a durable
+   timer), then waits for the payment event;
+2. delivers the event with ``kubectl annotate``; the order ships (Completed);
+3. applies a second order and cancels it by annotation; its stock is released by the
+   durable compensation (Compensated).
+
+Every command is printed with its real output. Everything started is stopped at the end.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from examples.orders.workflow import Order, fulfil, release_stock
+from kflow.devcluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E402
+from kflow.devcluster.build import cache_root  # noqa: E402
+from kflow.localpg import LocalPostgres, free_port  # noqa: E402
 
-from kflow.localpg import LocalPostgres
-from kflow.testing import WorkflowTestEnv
-
-
-def show(title: str, outcome: object) -> None:
-    print(f"\n== {title}\n   {outcome}")
+ENV: dict[str, str] = {}
 
 
-async def main() -> int:
-    with LocalPostgres() as pg:
-        print(f"PostgreSQL on {pg.dsn}")
-        async with WorkflowTestEnv.start(fulfil, release_stock, dsn=pg.dsn) as env:
-            order = Order(id="o-42", sku="book", quantity=2, amount_cents=2400)
-            waiting = await env.execute(fulfil, order)
-            show("o-42 started; after the 30-minute hold it waits for payment", waiting)
-            await env.send_event(
-                waiting.run_id, "payment-confirmed", {"ref": "ch_1", "amount_cents": 2400}
-            )
-            done = await env.drive(waiting.run_id)
-            show("o-42 paid -> shipped", done)
-            for step in await env.history(done.run_id):
-                print(f"   {step.key:28} {step.status:10} attempts={step.attempts}")
+def sh(*args: str, check: bool = True, quiet: bool = False) -> str:
+    if not quiet:
+        print(f"\n$ {' '.join(args)}")
+    result = subprocess.run(args, env=ENV, capture_output=True, text=True, check=False)
+    if not quiet:
+        print((result.stdout + result.stderr).rstrip())
+    if check and result.returncode != 0:
+        raise SystemExit(f"demo: `{' '.join(args)}` failed")
+    return result.stdout
 
-            other = await env.execute(fulfil, order.model_copy(update={"id": "o-43"}))
-            cancelled = await env.engine.cancel(other.run_id, "customer changed their mind")
-            show("o-43 cancelled -> reservation released by the durable compensation", cancelled)
 
-            third = await env.execute(fulfil, order.model_copy(update={"id": "o-44"}))
-            await env.send_event(
-                third.run_id, "payment-confirmed", {"ref": "ch_9", "amount_cents": 1}
-            )
-            failed = await env.drive(third.run_id)
-            show("o-44 paid the wrong amount -> compensated and failed", failed)
-            left = await env.engine.store.kv_keys("order-fulfilment", "reservations/")
-            print(f"\nreservations still held: {left}  (only o-42's, which shipped)")
-            ok = (done.status, cancelled.status, failed.status) == (
-                "Completed",
-                "Compensated",
-                "Failed",
-            )
-            print("\nDEMO OK" if ok and left == ["reservations/rsv-o-42"] else "\nDEMO FAILED")
-            return 0 if ok else 1
+def phase(name: str) -> str:
+    out = sh("kubectl", "get", "wfr", name, "-o", "jsonpath={.status.phase}", quiet=True)
+    return out.strip()
+
+
+def wait_phase(name: str, wanted: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while phase(name) != wanted:
+        if time.monotonic() > deadline:
+            sh("kubectl", "get", "wfr", name, "-o", "yaml")
+            raise SystemExit(f"demo: {name} did not reach {wanted} in {timeout:.0f}s")
+        time.sleep(0.3)
+
+
+def start_operator(dsn: str, log: Path) -> subprocess.Popen[bytes]:
+    port = free_port()
+    env = {
+        **ENV,
+        "PYTHONPATH": str(ROOT),
+        "KFLOW_DSN": dsn,
+        "KFLOW_NAMESPACES": '["default"]',
+        "KFLOW_WORKFLOW_MODULES": '["examples.orders.workflow"]',
+        "KFLOW_HEALTH_PORT": str(port),
+    }
+    print(f"\n== starting the operator (log: {log})")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/kflow"), "operator"], env=env, cwd=ROOT,
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: the operator exited:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit("demo: the operator did not become healthy")
+
+
+def main() -> int:
+    print("== building (first time only) and starting a local control plane + PostgreSQL")
+    with LocalCluster(binaries=ensure_built(say=print)) as cluster, LocalPostgres() as pg:
+        assert cluster.workdir is not None
+        tools = cache_root() / "tools" / "bin"
+        ENV.update(os.environ, KUBECONFIG=str(cluster.kubeconfig),
+                   PATH=f"{tools}:{ROOT / '.venv/bin'}:{os.environ['PATH']}")  # fmt: skip
+        with NodeStandIn(cluster.endpoint(), workdir=cluster.workdir / "pods"):
+            sh("kubectl", "apply", "-f", str(ROOT / "crds"))
+            sh("kubectl", "wait", "--for=condition=Established", "crd/workflowruns.kflow.io")
+            operator = start_operator(pg.dsn, cluster.workdir / "operator.log")
+            try:
+                return run_examples()
+            finally:
+                operator.terminate()
+                operator.wait(timeout=20)
+
+
+def run_examples() -> int:
+    print("\n== 1. an order: hold the stock, wait for payment, ship")
+    sh("kubectl", "apply", "-f", str(ROOT / "examples/orders/run.yaml"))
+    time.sleep(1)
+    sh("kubectl", "get", "wfr")
+    wait_phase("order-42", "Waiting")
+    deadline = time.monotonic() + 30
+    while "payment-confirmed" not in sh("kubectl", "get", "wfr", "order-42", "-o",
+                                        "jsonpath={.status.waiting.event}", quiet=True):  # fmt: skip
+        if time.monotonic() > deadline:
+            raise SystemExit("demo: order-42 never waited for its payment")
+        time.sleep(0.3)
+    sh("kubectl", "get", "wfr")
+    payment = json.dumps({"ref": "ch_1", "amount_cents": 2400})
+    sh("kubectl", "annotate", "wfr", "order-42", f"event.kflow.io/payment-confirmed={payment}")
+    wait_phase("order-42", "Completed")
+    sh("kubectl", "get", "wfr")
+    sh("kubectl", "describe", "wfr", "order-42")
+
+    print("\n== 2. another order, cancelled: the durable compensation releases its stock")
+    manifest = (ROOT / "examples/orders/run.yaml").read_text().replace("order-42", "order-43")
+    subprocess.run(["kubectl", "apply", "-f", "-"], input=manifest, text=True, env=ENV,
+                   check=True, capture_output=True)  # fmt: skip
+    wait_phase("order-43", "Waiting")
+    sh("kubectl", "annotate", "wfr", "order-43", "kflow.io/cancel=customer changed their mind")
+    wait_phase("order-43", "Compensated")
+    sh("kubectl", "get", "wfr")
+    print("\nDEMO OK: order-42 Completed, order-43 Compensated")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: start a throw-away PostgreSQL, run the example workflows through the
-# engine to completion, print what each did, and clean up.
+# The main job: a local Kubernetes control plane + PostgreSQL + the kflow operator, then
+# the example WorkflowRuns driven with kubectl to Completed (see scripts/demo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/bootstrap-cluster.sh
 exec .venv/bin/python scripts/demo.py "$@"

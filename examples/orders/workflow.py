@@ -1,11 +1,11 @@
 """Order fulfilment: a saga with a durable compensation, a sleep and an event wait.
 
 Reserve stock (compensated by releasing it, durably: the compensation is a named
-``@compensation`` with JSON arguments, so it survives restarts), hold the reservation for
-30 minutes while fraud checks run, wait up to 7 days for the payment confirmation, then
-ship. A payment that does not match the order, or none within the week, releases the
-reservation and fails the run.
-The "inventory" is the workflow's durable KV store, standing in for a real service.
+``@compensation`` with JSON arguments, so it survives restarts), hold the reservation
+(30 minutes by default) while fraud checks run, wait up to 7 days for the payment
+confirmation, then ship. A payment that does not match the order, or none within the
+week, releases the reservation and fails the run. The "inventory" is the workflow's
+durable KV store, standing in for a real service.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class Order(BaseModel):
     sku: str
     quantity: int
     amount_cents: int
+    hold_seconds: int = 1800
+    """How long to hold the reservation before asking for payment (fraud checks)."""
 
 
 class Reservation(BaseModel):
@@ -77,7 +79,7 @@ class PaymentMismatch(NonRetryable):
 )
 async def fulfil(ctx: WorkflowContext, order: Order) -> Shipment:
     reservation = await ctx.step("reserve-stock", reserve, ctx, order, compensate=release_stock)
-    await ctx.sleep(timedelta(minutes=30))
+    await ctx.sleep(timedelta(seconds=order.hold_seconds))
     try:
         payment = await ctx.wait_for_event(
             "payment-confirmed", timeout=timedelta(days=7), type=Payment
