@@ -111,8 +111,8 @@ def run_examples() -> int:
     sh("kubectl", "get", "wfr")
     wait_phase("order-42", "Waiting")
     deadline = time.monotonic() + 30
-    while "payment-confirmed" not in sh("kubectl", "get", "wfr", "order-42", "-o",
-                                        "jsonpath={.status.waiting.event}", quiet=True):  # fmt: skip
+    waiting_for = ("kubectl", "get", "wfr", "order-42", "-o", "jsonpath={.status.waiting.event}")
+    while "payment-confirmed" not in sh(*waiting_for, quiet=True):
         if time.monotonic() > deadline:
             raise SystemExit("demo: order-42 never waited for its payment")
         time.sleep(0.3)

@@ -20,17 +20,12 @@ import httpx
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from kflow.apierrors import ApiError, checked_json
 from kflow.resources import GROUP, VERSION
 
 __all__ = ["ApiError", "KubeApi"]
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-class ApiError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Kubernetes API {status}: {message}")
-        self.status = status
 
 
 class _Auth(httpx.Auth):
@@ -79,13 +74,7 @@ class KubeApi:
         response = await self._http.request(
             method, path, json=body, headers={"Content-Type": content_type}
         )
-        if response.status_code >= 400:
-            try:
-                message = str(response.json().get("message", response.text))
-            except ValueError:
-                message = response.text
-            raise ApiError(response.status_code, message)
-        return response.json()
+        return checked_json(response)
 
     @staticmethod
     def _run_path(namespace: str, name: str) -> str:

@@ -18,19 +18,12 @@ from typing import Any
 
 import httpx
 
+from kflow.apierrors import ApiError, checked_json
 from kflow.devcluster.kubeconfig import ApiEndpoint
 
 __all__ = ["ApiError", "Obj", "Rest"]
 
 Obj = dict[str, Any]
-
-
-class ApiError(RuntimeError):
-    """The API server answered with an error status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
 
 
 class Rest:
@@ -53,13 +46,7 @@ class Rest:
 
     @staticmethod
     def _check(r: httpx.Response) -> Obj:
-        if r.status_code >= 400:
-            try:
-                message = str(r.json().get("message", r.text))
-            except ValueError:
-                message = r.text
-            raise ApiError(r.status_code, message)
-        body: Obj = r.json()
+        body: Obj = checked_json(r)
         return body
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Obj:
