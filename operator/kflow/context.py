@@ -95,7 +95,7 @@ class Services:
     app_db: Database | None = None
     persist_step_start: bool = False
     max_inline_backoff: timedelta = timedelta(seconds=30)
-    on_record: Callable[[uuid.UUID], None] | None = None
+    on_record: Callable[[uuid.UUID, StepState], None] | None = None
     """Told of every record a segment writes (the operator mirrors them into status)."""
 
 
@@ -190,7 +190,7 @@ class WorkflowContext(EnvAccess):
     def _recorded(self, step: StepState) -> None:
         self._steps[step.key] = step
         if self._svc.on_record is not None:
-            self._svc.on_record(self.run_id)
+            self._svc.on_record(self.run_id, step)
 
     def _next_seq(self) -> int:
         self._seq += 1

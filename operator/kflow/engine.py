@@ -62,7 +62,7 @@ class Engine:
 
     ``owner`` names this executor in leases (default: host and pid). ``lease_ttl`` is how
     long a crashed executor keeps a run locked; live segments renew it every third of it.
-    ``on_record(run_id)`` is called after each step, sleep or wait record is stored.
+    ``on_record(run_id, record)`` is called after each step, sleep or wait record is stored.
     """
 
     def __init__(
@@ -78,7 +78,7 @@ class Engine:
         env: EnvProvider | None = None,
         app_db: Database | None = None,
         http_client: httpx.AsyncClient | None = None,
-        on_record: Callable[[uuid.UUID], None] | None = None,
+        on_record: Callable[[uuid.UUID, StepState], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry

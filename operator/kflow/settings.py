@@ -61,6 +61,9 @@ class OperatorSettings(BaseSettings):
     health_port: int = 8080
     """Port of the liveness endpoint (``/healthz``), which also checks the database."""
 
+    metrics_port: int = 9090
+    """Port of the Prometheus endpoint (``/metrics``); 0 turns it off."""
+
     @field_validator("status_interval", "lease_ttl", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:

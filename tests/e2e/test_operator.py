@@ -33,6 +33,7 @@ class Operator:
 
     def __init__(self, harness: Harness, namespace: str, dsn: str, workdir: Path) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.log = workdir / "operator.log"
         self.env = {
             **harness.env,
@@ -42,6 +43,7 @@ class Operator:
             "KFLOW_NAMESPACES": json.dumps([namespace]),
             "KFLOW_WORKFLOW_MODULES": json.dumps(["tests.e2e.workflows"]),
             "KFLOW_HEALTH_PORT": str(self.port),
+            "KFLOW_METRICS_PORT": str(self.metrics_port),
             "KFLOW_STATUS_INTERVAL": "0.2",
             "KFLOW_LEASE_TTL": "5",
         }
@@ -63,6 +65,10 @@ class Operator:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            return str(r.read().decode())
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -103,7 +109,7 @@ class Runs:
         self.h, self.ns, self.tmp = harness, namespace, tmp
         self.objects = client.CustomObjectsApi(api)
 
-    def apply(self, name: str, workflow: str, input: dict[str, Any], **spec: Any) -> None:
+    def apply(self, name: str, workflow: str, input: dict[str, Any] | None, **spec: Any) -> None:
         manifest = {
             "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun",
             "metadata": {"name": name}, "spec": {"workflow": workflow, "input": input, **spec},
@@ -176,6 +182,10 @@ def test_a_multi_step_run_completes_with_per_step_status(
     assert "Completed" in table
     assert lines(log) == ["work-0", "work-1", "work-2"]
     assert any(e.startswith("Completed") for e in runs.events("three"))
+    metrics = operator.metrics()
+    assert 'kflow_runs{phase="Completed"} 1.0' in metrics
+    assert 'kflow_step_duration_seconds_count{outcome="completed",workflow="steps"} 3.0' in metrics
+    assert 'kflow_segments_total{status="Completed"} 1.0' in metrics
 
 
 def test_status_follows_a_run_while_it_runs(operator: Operator, runs: Runs, tmp_path: Path) -> None:
@@ -218,6 +228,7 @@ def test_events_by_annotation_before_and_after_the_wait(
     runs.annotate("after", "event.kflow.io/approved", '{"by": "ana"}')
     done = runs.wait_phase("after", "Completed")
     assert done["output"] == "ana"
+    assert "kflow_event_to_resume_seconds_count 1.0" in operator.metrics()
     wait_for(
         lambda: "event.kflow.io/approved" not in runs.annotations("after"),
         what="the event annotation to be removed",
@@ -305,10 +316,20 @@ def test_retry_of_a_failed_run(operator: Operator, runs: Runs, tmp_path: Path) -
     assert lines(log) == ["first"]  # the completed step did not run again
 
 
-def test_unknown_workflow_blocks(operator: Operator, runs: Runs) -> None:
-    runs.apply("lost", "no-such-workflow", {})
-    status = runs.wait_phase("lost", "BlockedMissingHandler")
+def test_a_blocked_run_resumes_when_its_code_is_deployed(operator: Operator, runs: Runs) -> None:
+    runs.apply("early", "arrives-later", None)
+    status = runs.wait_phase("early", "BlockedMissingHandler")
     assert {c["type"]: c["status"] for c in status["conditions"]}["Blocked"] == "True"
+    assert "no handler for workflow 'arrives-later'" in status["error"]
+    assert any(e.startswith("BlockedMissingHandler") for e in runs.events("early"))
+    operator.stop()  # a new release of the operator brings the code
+    operator.env["KFLOW_WORKFLOW_MODULES"] = json.dumps(
+        ["tests.e2e.workflows", "tests.e2e.late_workflows"]
+    )
+    operator.start()
+    done = runs.wait_phase("early", "Completed")
+    assert done["output"] == "finally"
+    assert {c["type"]: c["status"] for c in done["conditions"]}["Blocked"] == "False"
 
 
 def test_operator_killed_mid_run_and_mid_sleep(
@@ -328,6 +349,7 @@ def test_operator_killed_mid_run_and_mid_sleep(
     assert sorted(set(done)) == [f"work-{i}" for i in range(8)]
     assert len(done) - len(set(done)) <= 1
     assert lines(sleepy) == ["before", "after"]  # the timer fired exactly once
+    assert "kflow_timer_lateness_seconds_count 1.0" in operator.metrics()
 
 
 def test_deleting_an_active_run_cancels_it_first(

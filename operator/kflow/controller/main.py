@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import uuid
 from typing import Any
 
 import kopf
@@ -15,6 +16,7 @@ from kflow.controller.handlers import build_registry
 from kflow.controller.kube import KubeApi
 from kflow.controller.runtime import Controller
 from kflow.engine import Engine
+from kflow.models import StepState
 from kflow.settings import OperatorSettings
 from kflow.store import Store
 from kflow.workflow import Registry
@@ -36,16 +38,18 @@ async def run_operator(
     clock = SystemClock()
     controller: Controller | None = None
 
-    def touched(run_id: Any) -> None:
+    def recorded(run_id: uuid.UUID, step: StepState) -> None:
         if controller is not None:
-            controller.mirror.touch(run_id)
+            controller.recorded(run_id, step)
 
     engine = Engine(
         store, registry, clock=clock, lease_ttl=settings.lease_ttl,
-        persist_step_start=True, on_record=touched,
+        persist_step_start=True, on_record=recorded,
     )  # fmt: skip
     controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
     await engine.register_definitions()
+    if settings.metrics_port:
+        controller.metrics.serve(settings.metrics_port)
     log.info(
         "kflow operator: %d workflow(s) from %s, namespaces %s",
         len(registry.workflows()), settings.workflow_modules, settings.namespaces or "all",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -18,11 +19,12 @@ from kflow.clock import Clock
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
 from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import KubeApi
+from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
 from kflow.errors import InvalidInput, KflowError, RunNotFound, UndeclaredNameError
-from kflow.models import RunRecord, RunStatus, SegmentOutcome
+from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.resources import EventDelivery, WorkflowRunSpec
 from kflow.settings import OperatorSettings
 
@@ -35,15 +37,25 @@ _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OP
 
 class Controller:
     def __init__(
-        self, *, engine: Engine, kube: KubeApi, settings: OperatorSettings, clock: Clock
+        self,
+        *,
+        engine: Engine,
+        kube: KubeApi,
+        settings: OperatorSettings,
+        clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics or Metrics()
+        self._workflows: dict[uuid.UUID, str] = {}
+        self._event_at: dict[uuid.UUID, float] = {}
         self._kube = kube
         self._clock = clock
         self._settings = settings
         self._refs: dict[uuid.UUID, RunRef] = {}
         self._phases: dict[uuid.UUID, RunStatus] = {}
         self.timers = TimerWheel(clock, fire=self._wake)
+        self.timers.lateness = self.metrics.timer_lateness.observe
         self.executor = InlineExecutor(
             engine,
             concurrency=settings.concurrency,
@@ -68,6 +80,18 @@ class Controller:
     def _wake(self, run_id: uuid.UUID) -> None:
         self.executor.submit(run_id)
 
+    def recorded(self, run_id: uuid.UUID, step: StepState) -> None:
+        """A segment stored a record: mirror it, and count it."""
+        self.mirror.touch(run_id)
+        self.metrics.step_recorded(self._workflows.get(run_id, ""), step)
+
+    def _set_phase(self, run_id: uuid.UUID, status: RunStatus) -> RunStatus | None:
+        before = self._phases.get(run_id)
+        if before != status:
+            self._phases[run_id] = status
+            self.metrics.phase_changed(before, status)
+        return before
+
     # -- WorkflowRun lifecycle -----------------------------------------------------
 
     async def adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
@@ -86,7 +110,8 @@ class Controller:
         except InvalidInput as exc:
             await self.refuse(ref, "InvalidInput", str(exc))
             return
-        self._phases.setdefault(run_id, run.status)
+        self._workflows[run_id] = spec.workflow
+        self._set_phase(run_id, run.status)
         self._continue(run, steal=resumed)
         self.mirror.touch(run_id)
 
@@ -126,7 +151,11 @@ class Controller:
         self.timers.cancel(run_id)
         self.mirror.forget(run_id)
         self._refs.pop(run_id, None)
-        self._phases.pop(run_id, None)
+        self._workflows.pop(run_id, None)
+        self._event_at.pop(run_id, None)
+        phase = self._phases.pop(run_id, None)
+        if phase is not None:
+            self.metrics.forgotten(phase)
 
     async def _outcome(self, outcome: SegmentOutcome) -> None:
         run_id = outcome.run_id
@@ -136,8 +165,11 @@ class Controller:
                 self.executor.submit(run_id)
             else:
                 self.timers.schedule(run_id, outcome.ready_at)
-        before = self._phases.get(run_id)
-        self._phases[run_id] = outcome.status
+        self.metrics.segments.labels(outcome.status.value).inc()
+        delivered = self._event_at.pop(run_id, None)
+        if delivered is not None:
+            self.metrics.event_to_resume.observe(time.monotonic() - delivered)
+        before = self._set_phase(run_id, outcome.status)
         ref = self._refs.get(run_id)
         if ref is None or before == outcome.status or outcome.status == RunStatus.WAITING:
             return
@@ -187,6 +219,7 @@ class Controller:
             return
         await self._kube.remove_annotation(ref.namespace, ref.name, event.key, event.value)
         if sent.wakes_run:
+            self._event_at[run_id] = time.monotonic()
             self.executor.submit(run_id)
         self.mirror.touch(run_id)
 
