@@ -160,6 +160,15 @@ class Engine:
         )
         return record
 
+    def check_input(self, workflow: str, input: Any, *, version: int | None = None) -> None:
+        """Raise `InvalidInput` (naming the field) if the workflow is known here and
+        ``input`` does not fit its input model; unknown workflows pass (they may block)."""
+        definition = (
+            self.registry.get(workflow, version) if version else self.registry.active(workflow)
+        )
+        if definition is not None:
+            self._decode_input(definition, encode(input))
+
     async def get_run(self, run_id: uuid.UUID) -> RunRecord:
         return await self.store.get_run(run_id)
 

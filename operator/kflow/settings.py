@@ -61,6 +61,20 @@ class OperatorSettings(BaseSettings):
     health_port: int = 8080
     """Port of the liveness endpoint (``/healthz``), which also checks the database."""
 
+    webhook_port: int = 0
+    """Port of the validating admission webhook (0: no webhook). It refuses WorkflowRuns
+    whose input does not fit the workflow's input model, naming the field."""
+
+    webhook_host: str = "127.0.0.1"
+    """The address the API server dials for the webhook (a Service name in a cluster)."""
+
+    webhook_cert_dir: Path | None = None
+    """``tls.crt``, ``tls.key`` and ``ca.crt`` (a mounted Secret); without it, a self-signed
+    certificate is made at start (for the local control plane)."""
+
+    webhook_name: str = "validate.kflow.io"
+    """Name of the ValidatingWebhookConfiguration the operator keeps up to date."""
+
     metrics_port: int = 9090
     """Port of the Prometheus endpoint (``/metrics``); 0 turns it off."""
 

@@ -360,3 +360,31 @@ def test_deleting_an_active_run_cancels_it_first(
     runs.wait_phase("doomed", "Waiting")
     runs.h.run("kubectl", "delete", "-n", runs.ns, "wfr/doomed", "--timeout=30s")
     assert lines(log) == ["reserve", "charge", "undo-charge", "undo-reserve"]
+
+
+def test_the_admission_webhook_refuses_bad_input(
+    harness: Harness, crds: None, namespace: str, pg_dsn: str, runs: Runs, tmp_path: Path
+) -> None:
+    op = Operator(harness, namespace, pg_dsn, tmp_path)
+    name = f"validate-{uuid.uuid4().hex[:8]}.kflow.io"
+    op.env.update(KFLOW_WEBHOOK_PORT=str(free_port()), KFLOW_WEBHOOK_NAME=name)
+    op.start()
+    try:
+        wait_for(
+            lambda: harness.run("kubectl", "get", "validatingwebhookconfiguration", name,
+                                check=False).returncode == 0,
+            what="the webhook configuration",
+        )  # fmt: skip
+        bad = tmp_path / "bad-input.json"
+        bad.write_text(json.dumps({
+            "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "typo"},
+            "spec": {"workflow": "steps", "input": {"lg": "/tmp/x"}},
+        }))  # fmt: skip
+        refused = harness.run("kubectl", "apply", "-n", namespace, "-f", bad, check=False)
+        assert refused.returncode != 0
+        assert "spec.input" in refused.stderr and "log: Field required" in refused.stderr
+        runs.apply("fine", "steps", {"log": str(tmp_path / "fine.log"), "steps": 1})
+        runs.wait_phase("fine", "Completed")
+    finally:
+        op.stop()
+        harness.run("kubectl", "delete", "validatingwebhookconfiguration", name, check=False)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
 from kflow.controller.mirror import RunRef
 from kflow.controller.runtime import Controller
-from kflow.errors import TransientError
+from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
 from kflow.serde import describe_validation_error
 
@@ -87,6 +87,17 @@ def build_registry() -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(
                 f"cannot cancel the run before deletion, retrying: {exc}", delay=10
             ) from exc
+
+    @kopf.on.validate(**runs, id="input", operation="CREATE", ignore_failures=True)
+    def validate(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller = memo["controller"]
+        try:
+            parsed = WorkflowRunSpec.model_validate(dict(spec))
+            controller.engine.check_input(parsed.workflow, parsed.input, version=parsed.version)
+        except ValidationError as exc:
+            raise kopf.AdmissionError(f"invalid spec: {describe_validation_error(exc)}") from exc
+        except InvalidInput as exc:
+            raise kopf.AdmissionError(f"spec.input: {exc}") from exc
 
     @kopf.on.probe(id="database", registry=registry)
     async def database(memo: kopf.Memo, **_: Any) -> str:

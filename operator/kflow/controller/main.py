@@ -15,6 +15,7 @@ from kflow.clock import SystemClock
 from kflow.controller.handlers import build_registry
 from kflow.controller.kube import KubeApi
 from kflow.controller.runtime import Controller
+from kflow.controller.webhook import webhook_server
 from kflow.engine import Engine
 from kflow.models import StepState
 from kflow.settings import OperatorSettings
@@ -58,6 +59,9 @@ async def run_operator(
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.posting.enabled = False  # kflow posts its own Events, on phase changes
     kopf_settings.persistence.finalizer = "kflow.io/finalizer"
+    if settings.webhook_port:
+        kopf_settings.admission.server = webhook_server(settings)
+        kopf_settings.admission.managed = settings.webhook_name
     background = asyncio.create_task(controller.run(), name="kflow-timers")
     try:
         await kopf.operator(
