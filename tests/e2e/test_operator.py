@@ -246,6 +246,15 @@ def test_events_by_annotation_before_and_after_the_wait(
     assert runs.wait_phase("before", "Completed")["output"] == "bo"
     assert lines(log) == ["approved-by-ana", "approved-by-bo"]
 
+    # After the end: reported, not silently dropped.
+    runs.annotate("before", "event.kflow.io/approved", '{"by": "late"}')
+    late = wait_for(
+        lambda: [e for e in runs.status("before").get("events", []) if e["state"] == "rejected"],
+        what="the late event reported as rejected",
+    )
+    assert "the run is Completed" in late[0]["message"]
+    assert "event.kflow.io/approved" not in runs.annotations("before")
+
 
 def test_bad_payloads_are_reported_and_lose_nothing(
     operator: Operator, runs: Runs, tmp_path: Path

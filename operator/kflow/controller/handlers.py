@@ -33,7 +33,9 @@ def _ours(annotations: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in annotations.items() if k.startswith(EVENT_PREFIX) or k in ACTIONS}
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
+    """The handlers; ``admission`` adds the validating webhook's (kopf refuses to start
+    with admission handlers and no webhook server)."""
     registry = kopf.OperatorRegistry()
     runs: dict[str, Any] = {
         "group": GROUP, "version": VERSION, "plural": "workflowruns", "registry": registry,
@@ -88,7 +90,6 @@ def build_registry() -> kopf.OperatorRegistry:
                 f"cannot cancel the run before deletion, retrying: {exc}", delay=10
             ) from exc
 
-    @kopf.on.validate(**runs, id="input", operation="CREATE", ignore_failures=True)
     def validate(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
         try:
@@ -98,6 +99,9 @@ def build_registry() -> kopf.OperatorRegistry:
             raise kopf.AdmissionError(f"invalid spec: {describe_validation_error(exc)}") from exc
         except InvalidInput as exc:
             raise kopf.AdmissionError(f"spec.input: {exc}") from exc
+
+    if admission:
+        kopf.on.validate(**runs, id="input", operation="CREATE", ignore_failures=True)(validate)
 
     @kopf.on.probe(id="database", registry=registry)
     async def database(memo: kopf.Memo, **_: Any) -> str:

@@ -65,7 +65,7 @@ async def run_operator(
     background = asyncio.create_task(controller.run(), name="kflow-timers")
     try:
         await kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(admission=bool(settings.webhook_port)),
             settings=kopf_settings,
             memo=kopf.Memo(controller=controller),
             standalone=True,
