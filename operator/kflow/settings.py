@@ -31,6 +31,10 @@ class OperatorSettings(BaseSettings):
     schema_name: str = Field(default="kflow", alias="KFLOW_SCHEMA")
     """The PostgreSQL schema holding kflow's tables."""
 
+    db_timeout: timedelta = timedelta(seconds=30)
+    """Bound on every connection attempt and statement: a stalled database is an error
+    the operator reports and retries, never a hang."""
+
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch (JSON list); empty means all (needs cluster-wide RBAC)."""
 
@@ -78,7 +82,7 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = 9090
     """Port of the Prometheus endpoint (``/metrics``); 0 turns it off."""
 
-    @field_validator("status_interval", "lease_ttl", mode="before")
+    @field_validator("status_interval", "lease_ttl", "db_timeout", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
         """Durations may be plain seconds (``0.5``) as well as ISO 8601 (``PT0.5S``)."""

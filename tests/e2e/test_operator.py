@@ -8,6 +8,7 @@ functions log to a file, so tests count how often each step really ran.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kflow.localpg import free_port
+from kflow.localpg import LocalPostgres, free_port
 from tests.e2e.conftest import Harness, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +152,18 @@ class Runs:
 @pytest.fixture
 def runs(harness: Harness, api: client.ApiClient, namespace: str, tmp_path: Path) -> Runs:
     return Runs(harness, api, namespace, tmp_path)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def lines(path: Path) -> list[str]:
@@ -397,3 +410,42 @@ def test_the_admission_webhook_refuses_bad_input(
     finally:
         op.stop()
         harness.run("kubectl", "delete", "validatingwebhookconfiguration", name, check=False)
+
+
+def test_deletion_waits_for_a_stalled_database_and_never_hangs(
+    harness: Harness, crds: None, namespace: str, runs: Runs, tmp_path: Path
+) -> None:
+    log = tmp_path / "stalled.log"
+    with LocalPostgres() as own_pg:
+        op = Operator(harness, namespace, own_pg.dsn, tmp_path)
+        op.env["KFLOW_DB_TIMEOUT"] = "2"
+        op.start()
+        try:
+            runs.apply("stuck", "saga", {"log": str(log)})
+            runs.wait_phase("stuck", "Waiting")
+            postmaster = int((own_pg.datadir / "postmaster.pid").read_text().split()[0])
+            frozen = [postmaster, *children(postmaster)]
+            for pid in frozen:  # the database (and every backend) stops answering
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                harness.run("kubectl", "delete", "-n", namespace, "wfr/stuck", "--wait=false")
+                wait_for(
+                    lambda: any(e.startswith("DeletionDelayed") for e in runs.events("stuck")),
+                    timeout=30,
+                    what="a DeletionDelayed event",
+                )
+                assert runs.get("stuck")["metadata"]["deletionTimestamp"]  # still there
+                assert op.healthy()
+            finally:
+                for pid in frozen:
+                    os.kill(pid, signal.SIGCONT)
+            wait_for(
+                lambda: harness.run("kubectl", "get", "-n", namespace, "wfr/stuck",
+                                    check=False).returncode != 0,
+                timeout=60,
+                what="the WorkflowRun to be deleted once the database answers",
+            )  # fmt: skip
+            assert lines(log) == ["reserve", "charge", "undo-charge", "undo-reserve"]
+        finally:
+            op.stop()
+            print(f"--- operator log ---\n{op.log.read_text()[-6000:]}")  # shown on failure

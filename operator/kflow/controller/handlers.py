@@ -87,7 +87,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
             await controller.delete(_ref(body))
         except TransientError as exc:
             raise kopf.TemporaryError(
-                f"cannot cancel the run before deletion, retrying: {exc}", delay=10
+                f"cannot cancel the run before deletion, retrying: {exc}", delay=5
             ) from exc
 
     def validate(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:

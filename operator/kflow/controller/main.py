@@ -34,7 +34,11 @@ async def run_operator(
 ) -> None:
     """Run the operator until ``stop_flag`` is set (or the process is signalled)."""
     registry = Registry.from_modules(settings.workflow_modules)
-    store = await Store.open(settings.database_dsn(), schema=settings.schema_name)
+    store = await Store.open(
+        settings.database_dsn(),
+        schema=settings.schema_name,
+        timeout=settings.db_timeout.total_seconds(),
+    )
     kube = KubeApi.from_environment()
     clock = SystemClock()
     controller: Controller | None = None

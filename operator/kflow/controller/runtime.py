@@ -23,7 +23,13 @@ from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
-from kflow.errors import InvalidInput, KflowError, RunNotFound, UndeclaredNameError
+from kflow.errors import (
+    InvalidInput,
+    KflowError,
+    RunNotFound,
+    TransientError,
+    UndeclaredNameError,
+)
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.resources import EventDelivery, WorkflowRunSpec
 from kflow.settings import OperatorSettings
@@ -143,11 +149,18 @@ class Controller:
         """The WorkflowRun is being deleted: cancel its run first if it is active."""
         run_id = uuid.UUID(ref.uid)
         try:
-            run = await self.engine.get_run(run_id)
-        except RunNotFound:
-            run = None
-        if run is not None and not run.status.is_terminal:
-            await self.engine.cancel(run_id, "the WorkflowRun was deleted")
+            try:
+                run: RunRecord | None = await self.engine.get_run(run_id)
+            except RunNotFound:
+                run = None
+            if run is not None and not run.status.is_terminal:
+                await self.engine.cancel(run_id, "the WorkflowRun was deleted")
+        except TransientError as exc:
+            await self._event(
+                ref, "Warning", "DeletionDelayed",
+                f"the run must be cancelled before its WorkflowRun goes; retrying: {exc}",
+            )  # fmt: skip
+            raise
         self.timers.cancel(run_id)
         self.mirror.forget(run_id)
         self._refs.pop(run_id, None)

@@ -34,13 +34,13 @@ def _cut(text: str | None, limit: int = MAX_ERROR) -> str | None:
 
 
 def _current_step(run: RunRecord, history: list[StepState]) -> str | None:
-    if run.status.is_terminal:
+    """What an active run is at: the step running (or waiting) now, else the last one
+    recorded (between two steps)."""
+    if run.status.is_terminal or not history:
         return None
-    live = [s for s in history if s.status in (StepStatus.RUNNING, StepStatus.RETRYING)]
-    if live:
-        return live[-1].key
-    waiting = [s for s in history if s.status == StepStatus.WAITING]
-    return waiting[-1].key if waiting else None
+    active = (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
+    live = [s for s in history if s.status in active]
+    return (live or history)[-1].key
 
 
 def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> list[Condition]:

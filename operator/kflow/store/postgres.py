@@ -166,11 +166,14 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         migrate: bool = True,
+        timeout: float = 30.0,
     ) -> Store:
-        """Connect (and by default bring the schema up to date)."""
+        """Connect (and by default bring the schema up to date). ``timeout`` bounds every
+        connection attempt and statement: an unreachable or stalled database becomes a
+        `PersistenceError`, never a hang."""
         try:
             if migrate:
-                conn = await asyncpg.connect(dsn)
+                conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
                 try:
                     await apply_migrations(conn, schema)
                 finally:
@@ -181,6 +184,8 @@ class Store:
                 max_size=max_size,
                 init=_init_connection,
                 reset=_keep_session,
+                timeout=timeout,
+                command_timeout=timeout,
                 server_settings={"search_path": schema, "application_name": "kflow"},
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
