@@ -1,4 +1,4 @@
-"""The ``kflow`` command: ``kflow operator`` and ``kflow crds``."""
+"""The ``kflow`` command: ``kflow operator``, ``kflow runner`` and ``kflow crds``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "operator", help="run the operator (settings from KFLOW_* environment variables)"
     )
+    runner = commands.add_parser(
+        "runner", help="advance one run by one segment and exit (a segment Pod's entry point)"
+    )
+    runner.add_argument("--run", required=True, help="the run's id (its WorkflowRun's uid)")
     crds = commands.add_parser("crds", help="write the CRD manifests")
     crds.add_argument("folder", type=Path, nargs="?", default=Path("crds"))
     args = parser.parse_args(argv)
 
+    if args.command == "runner":
+        from kflow.runner import main as runner_main
+
+        return runner_main(args.run)
     if args.command == "crds":
         from kflow.resources import write_crds
 

@@ -1,5 +1,7 @@
-"""`OperatorSettings`: every knob of the operator, from ``KFLOW_*`` environment variables.
+"""Settings of the operator and the runner, from ``KFLOW_*`` environment variables.
 
+`StoreSettings` is what anything running workflows needs (the store, the code);
+`OperatorSettings` adds the operator's knobs; ``kflow runner`` uses `StoreSettings`.
 Loaded once at start-up and passed explicitly; nothing reads the environment later. The
 database DSN comes from ``KFLOW_DSN`` or, better in a cluster, from a file mounted from a
 Secret (``KFLOW_DSN_FILE``); it is a `SecretStr`, so it never appears in logs or reprs.
@@ -9,16 +11,29 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["OperatorSettings"]
+__all__ = ["OperatorSettings", "StoreSettings"]
 
 
-class OperatorSettings(BaseSettings):
-    """The operator's configuration (environment variables ``KFLOW_<FIELD>``)."""
+def _seconds(value: object) -> object:
+    """Durations may be plain seconds (``0.5``) as well as ISO 8601 (``PT0.5S``)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+class StoreSettings(BaseSettings):
+    """Where runs live and which code runs them (environment variables ``KFLOW_<FIELD>``)."""
 
     model_config = SettingsConfigDict(env_prefix="KFLOW_", extra="forbid")
 
@@ -31,15 +46,34 @@ class OperatorSettings(BaseSettings):
     schema_name: str = Field(default="kflow", alias="KFLOW_SCHEMA")
     """The PostgreSQL schema holding kflow's tables."""
 
-    db_timeout: timedelta = timedelta(seconds=30)
+    db_timeout: Duration = timedelta(seconds=30)
     """Bound on every connection attempt and statement: a stalled database is an error
     the operator reports and retries, never a hang."""
 
+    workflow_modules: list[str] = Field(default_factory=list)
+    """Python modules whose `@workflow`/`@compensation` definitions this process runs."""
+
+    lease_ttl: Duration = timedelta(seconds=60)
+    """How long a crashed executor keeps a run locked."""
+
+    @model_validator(mode="after")
+    def _one_dsn(self) -> StoreSettings:
+        if (self.dsn is None) == (self.dsn_file is None):
+            raise ValueError("set exactly one of KFLOW_DSN and KFLOW_DSN_FILE")
+        return self
+
+    def database_dsn(self) -> str:
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        assert self.dsn_file is not None
+        return self.dsn_file.read_text(encoding="utf-8").strip()
+
+
+class OperatorSettings(StoreSettings):
+    """The operator's configuration (environment variables ``KFLOW_<FIELD>``)."""
+
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch (JSON list); empty means all (needs cluster-wide RBAC)."""
-
-    workflow_modules: list[str] = Field(default_factory=list)
-    """Python modules whose `@workflow`/`@compensation` definitions the inline executor runs."""
 
     concurrency: int = Field(default=16, ge=1)
     """Segments the inline executor runs at once."""
@@ -47,11 +81,8 @@ class OperatorSettings(BaseSettings):
     default_executor: Literal["inline", "pod"] = "inline"
     """Executor for Workflows that do not choose one."""
 
-    status_interval: timedelta = timedelta(milliseconds=500)
+    status_interval: Duration = timedelta(milliseconds=500)
     """At most one status PATCH per run per interval while its steps are fast."""
-
-    lease_ttl: timedelta = timedelta(seconds=60)
-    """How long a crashed executor keeps a run locked."""
 
     max_event_bytes: int = Field(default=64 * 1024, ge=1)
     """Largest event payload accepted from an annotation."""
@@ -81,26 +112,3 @@ class OperatorSettings(BaseSettings):
 
     metrics_port: int = 9090
     """Port of the Prometheus endpoint (``/metrics``); 0 turns it off."""
-
-    @field_validator("status_interval", "lease_ttl", "db_timeout", mode="before")
-    @classmethod
-    def _seconds(cls, value: object) -> object:
-        """Durations may be plain seconds (``0.5``) as well as ISO 8601 (``PT0.5S``)."""
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return value
-        return value
-
-    @model_validator(mode="after")
-    def _one_dsn(self) -> OperatorSettings:
-        if (self.dsn is None) == (self.dsn_file is None):
-            raise ValueError("set exactly one of KFLOW_DSN and KFLOW_DSN_FILE")
-        return self
-
-    def database_dsn(self) -> str:
-        if self.dsn is not None:
-            return self.dsn.get_secret_value()
-        assert self.dsn_file is not None
-        return self.dsn_file.read_text(encoding="utf-8").strip()

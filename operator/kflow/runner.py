@@ -1,0 +1,85 @@
+"""``kflow runner --run <id>``: advance one run by one segment, then exit.
+
+The entry point of a segment Pod (the pod executor). It loads the run from PostgreSQL,
+takes the lease with a new fencing epoch, replays the handler to its next suspension or
+its end, records the outcome, prints it as one JSON line, and exits:
+
+====  =====================================================================
+0     the segment ran and its outcome is recorded (Completed, Waiting, Failed, Blocked...)
+2     bad settings
+3     another executor holds the run's lease: nothing was done
+4     the store failed (unreachable, timed out, lease lost mid-way): state is intact
+5     no such run
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from typing import TextIO
+
+from kflow.engine import Engine
+from kflow.errors import LeaseHeld, RunNotFound, TransientError
+from kflow.settings import StoreSettings
+from kflow.store import Store
+from kflow.workflow import Registry
+
+__all__ = ["EXIT_LEASE_HELD", "EXIT_NO_RUN", "EXIT_STORE", "run_once"]
+
+EXIT_LEASE_HELD, EXIT_STORE, EXIT_NO_RUN = 3, 4, 5
+
+
+async def run_once(settings: StoreSettings, run_id: uuid.UUID, out: TextIO = sys.stdout) -> int:
+    """One segment of ``run_id``; the exit code (see the module docstring)."""
+
+    def report(**fields: object) -> None:
+        print(json.dumps({"run": str(run_id), **fields}), file=out, flush=True)
+
+    try:
+        store = await Store.open(
+            settings.database_dsn(),
+            schema=settings.schema_name,
+            timeout=settings.db_timeout.total_seconds(),
+            max_size=4,
+        )
+    except TransientError as exc:
+        report(error=str(exc))
+        return EXIT_STORE
+    engine = Engine(store, Registry.from_modules(settings.workflow_modules),
+                    lease_ttl=settings.lease_ttl)  # fmt: skip
+    try:
+        outcome = await engine.run_segment(run_id)
+    except LeaseHeld as exc:
+        report(error=str(exc))
+        return EXIT_LEASE_HELD
+    except RunNotFound as exc:
+        report(error=str(exc))
+        return EXIT_NO_RUN
+    except TransientError as exc:
+        report(error=f"{type(exc).__name__}: {exc}")
+        return EXIT_STORE
+    finally:
+        await engine.close()
+        await store.close()
+    report(
+        status=outcome.status.value,
+        ready_at=outcome.ready_at.isoformat() if outcome.ready_at else None,
+        waiting_event=outcome.waiting_event,
+        error=outcome.error,
+    )
+    return 0
+
+
+def main(run: str) -> int:
+    from pydantic import ValidationError
+
+    try:
+        settings = StoreSettings()
+        run_id = uuid.UUID(run)
+    except (ValidationError, ValueError) as exc:
+        print(f"kflow runner: bad settings: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_once(settings, run_id))
