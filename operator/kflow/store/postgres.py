@@ -9,7 +9,6 @@ a silent no-op. A step record is one statement, one round trip and one commit.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import uuid
@@ -26,12 +25,11 @@ from kflow.models import (
     AuthContext,
     RunRecord,
     RunStatus,
-    StepKind,
     StepState,
-    StepStatus,
     SuspendKind,
 )
 from kflow.store.migrations import apply_migrations
+from kflow.store.rows import CONSUME_EVENT, WRITE_STEP, run_from_row, step_from_row
 
 __all__ = ["Database", "SendResult", "Store"]
 
@@ -40,7 +38,6 @@ Database = asyncpg.Pool
 
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T")
 
 _RUN_COLUMNS = frozenset(
     {
@@ -79,27 +76,6 @@ class SendResult:
     """The run is waiting for exactly this event: advance it now."""
 
 
-def _run(row: asyncpg.Record) -> RunRecord:
-    return _record(
-        RunRecord,
-        row,
-        status=RunStatus(row["status"]),
-        auth=AuthContext.model_validate(row["auth"] or {}),
-        timeout_seconds=row["timeout_s"],
-        suspend_kind=SuspendKind(row["suspend_kind"]) if row["suspend_kind"] else None,
-    )
-
-
-def _step(row: asyncpg.Record) -> StepState:
-    return _record(StepState, row, kind=StepKind(row["kind"]), status=StepStatus(row["status"]))
-
-
-def _record(cls: type[T], row: asyncpg.Record, **converted: Any) -> T:
-    """A dataclass from the row's same-named columns, plus the converted fields."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in converted]  # type: ignore[arg-type]
-    return cls(**{name: row[name] for name in names}, **converted)
-
-
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset hook. asyncpg's default runs ``RESET ALL; UNLISTEN *; ...`` on
     every release: one more round trip per step. The store leaves no session state
@@ -112,42 +88,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-
-
-_WRITE_STEP = """
-WITH lease AS (SELECT run_id FROM runs WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE)
-INSERT INTO steps AS s (run_id, key, name, kind, status, attempts, result, error,
-                        started_at, completed_at, wake_at, compensation, seq)
-SELECT run_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 FROM lease
-ON CONFLICT (run_id, key) DO UPDATE SET
-    status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
-    error = EXCLUDED.error, started_at = COALESCE(s.started_at, EXCLUDED.started_at),
-    completed_at = EXCLUDED.completed_at, wake_at = EXCLUDED.wake_at,
-    compensation = EXCLUDED.compensation, seq = EXCLUDED.seq
-RETURNING 1
-"""
-
-_CONSUME_EVENT = """
-WITH lease AS (SELECT run_id FROM runs WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE),
-ev AS (
-    UPDATE events SET consumed_by = $4, consumed_at = $5
-    WHERE id = (SELECT e.id FROM events e
-                WHERE e.run_id = $1 AND e.name = $3 AND e.consumed_by IS NULL
-                  AND EXISTS (SELECT 1 FROM lease)
-                ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING payload
-),
-rec AS (
-    INSERT INTO steps AS s (run_id, key, name, kind, status, attempts, result,
-                            started_at, completed_at, seq)
-    SELECT $1, $4, $3, 'event', 'completed', 1, ev.payload, $5, $5, $6 FROM ev
-    ON CONFLICT (run_id, key) DO UPDATE SET status = 'completed', result = EXCLUDED.result,
-        completed_at = EXCLUDED.completed_at, seq = EXCLUDED.seq
-    RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM lease) AS leased, EXISTS (SELECT 1 FROM rec) AS found,
-       (SELECT payload FROM ev) AS payload
-"""
 
 
 class Store:
@@ -266,7 +206,7 @@ class Store:
             status.value, input, tenant_id, auth.model_dump(mode="json"), timeout_s, now,
         )  # fmt: skip
         if row is not None:
-            return _run(row), True
+            return run_from_row(row), True
         row = await self.pool.fetchrow(
             "SELECT * FROM runs WHERE run_id = $1 OR idempotency_key = $2 LIMIT 1",
             run_id,
@@ -274,14 +214,14 @@ class Store:
         )
         if row is None:  # pragma: no cover - the conflicting row was deleted meanwhile
             raise PersistenceError(f"run {run_id} conflicted but cannot be found")
-        return _run(row), False
+        return run_from_row(row), False
 
     @_wrap_errors
     async def get_run(self, run_id: uuid.UUID) -> RunRecord:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
         if row is None:
             raise RunNotFound(f"no run {run_id}")
-        return _run(row)
+        return run_from_row(row)
 
     @_wrap_errors
     async def due_runs(self, now: datetime, *, limit: int = 100) -> list[uuid.UUID]:
@@ -315,7 +255,7 @@ class Store:
             run_id, owner, now + ttl, now, steal,
         )  # fmt: skip
         if row is not None:
-            return _run(row)
+            return run_from_row(row)
         current = await self.get_run(run_id)
         raise LeaseHeld(
             f"run {run_id} is leased by {current.lease_owner} until {current.lease_expires_at}"
@@ -401,13 +341,13 @@ class Store:
         async with self.pool.acquire() as conn:
             steps = await conn.fetch("SELECT * FROM steps WHERE run_id = $1", run_id)
             state = await conn.fetch("SELECT key, value FROM saved_state WHERE run_id = $1", run_id)
-        return [_step(r) for r in steps], {r["key"]: r["value"] for r in state}
+        return [step_from_row(r) for r in steps], {r["key"]: r["value"] for r in state}
 
     @_wrap_errors
     async def write_step(self, run_id: uuid.UUID, epoch: int, step: StepState) -> None:
         """Fenced upsert of one record: one statement, one round trip, one commit."""
         done = await self.pool.fetchval(
-            _WRITE_STEP,
+            WRITE_STEP,
             run_id, epoch, step.key, step.name, step.kind.value, step.status.value,
             step.attempts, step.result, step.error, step.started_at, step.completed_at,
             step.wake_at, step.compensation, step.seq,
@@ -445,7 +385,7 @@ class Store:
         seq: int,
     ) -> tuple[bool, Any]:
         """Atomically take the oldest pending ``name`` event and record the wait as done."""
-        row = await self.pool.fetchrow(_CONSUME_EVENT, run_id, epoch, name, wait_key, now, seq)
+        row = await self.pool.fetchrow(CONSUME_EVENT, run_id, epoch, name, wait_key, now, seq)
         if not row["leased"]:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
         return bool(row["found"]), row["payload"]

@@ -1,0 +1,79 @@
+"""Rows to records, and the two statements on every step's path, for the `Store`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import asyncpg
+
+from kflow.models import (
+    AuthContext,
+    RunRecord,
+    RunStatus,
+    StepKind,
+    StepState,
+    StepStatus,
+    SuspendKind,
+)
+
+__all__ = ["CONSUME_EVENT", "WRITE_STEP", "run_from_row", "step_from_row"]
+
+T = TypeVar("T")
+
+
+def run_from_row(row: asyncpg.Record) -> RunRecord:
+    return _record(
+        RunRecord,
+        row,
+        status=RunStatus(row["status"]),
+        auth=AuthContext.model_validate(row["auth"] or {}),
+        timeout_seconds=row["timeout_s"],
+        suspend_kind=SuspendKind(row["suspend_kind"]) if row["suspend_kind"] else None,
+    )
+
+
+def step_from_row(row: asyncpg.Record) -> StepState:
+    return _record(StepState, row, kind=StepKind(row["kind"]), status=StepStatus(row["status"]))
+
+
+def _record(cls: type[T], row: asyncpg.Record, **converted: Any) -> T:
+    """A dataclass from the row's same-named columns, plus the converted fields."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in converted]  # type: ignore[arg-type]
+    return cls(**{name: row[name] for name in names}, **converted)
+
+
+WRITE_STEP = """
+WITH lease AS (SELECT run_id FROM runs WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE)
+INSERT INTO steps AS s (run_id, key, name, kind, status, attempts, result, error,
+                        started_at, completed_at, wake_at, compensation, seq)
+SELECT run_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 FROM lease
+ON CONFLICT (run_id, key) DO UPDATE SET
+    status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
+    error = EXCLUDED.error, started_at = COALESCE(s.started_at, EXCLUDED.started_at),
+    completed_at = EXCLUDED.completed_at, wake_at = EXCLUDED.wake_at,
+    compensation = EXCLUDED.compensation, seq = EXCLUDED.seq
+RETURNING 1
+"""
+
+CONSUME_EVENT = """
+WITH lease AS (SELECT run_id FROM runs WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE),
+ev AS (
+    UPDATE events SET consumed_by = $4, consumed_at = $5
+    WHERE id = (SELECT e.id FROM events e
+                WHERE e.run_id = $1 AND e.name = $3 AND e.consumed_by IS NULL
+                  AND EXISTS (SELECT 1 FROM lease)
+                ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING payload
+),
+rec AS (
+    INSERT INTO steps AS s (run_id, key, name, kind, status, attempts, result,
+                            started_at, completed_at, seq)
+    SELECT $1, $4, $3, 'event', 'completed', 1, ev.payload, $5, $5, $6 FROM ev
+    ON CONFLICT (run_id, key) DO UPDATE SET status = 'completed', result = EXCLUDED.result,
+        completed_at = EXCLUDED.completed_at, seq = EXCLUDED.seq
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM lease) AS leased, EXISTS (SELECT 1 FROM rec) AS found,
+       (SELECT payload FROM ev) AS payload
+"""
