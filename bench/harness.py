@@ -120,6 +120,9 @@ class PhaseWatch:
     ns: str
     history: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    writes: int = 0
+    """Watch events seen (ADDED, MODIFIED): every write to any of the objects."""
+    reconnects: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -129,16 +132,31 @@ class PhaseWatch:
         self._task = asyncio.create_task(self._follow(rv))
 
     async def _follow(self, rv: str) -> None:
-        async for event in self.api.watch_lines(RUNS.format(ns=self.ns), rv):
-            obj = event["object"]
-            phase = (obj.get("status") or {}).get("phase")
-            if phase is None or event["type"] == "DELETED":
-                continue
-            seen = self.history.setdefault(obj["metadata"]["name"], [])
-            if not seen or seen[-1][1] != phase:
-                seen.append((time.time(), phase))
-                self.counts[phase] = self.counts.get(phase, 0) + 1
-                self._changed.set()
+        """Follow the namespace, reconnecting from the last version seen when the server
+        ends the watch, and listing again when that version is too old."""
+        while True:
+            async for event in self.api.watch_lines(RUNS.format(ns=self.ns), rv):
+                if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+                    listed = await self.api.list_runs(self.ns)
+                    for obj in listed["items"]:
+                        self._seen(obj)
+                    rv = listed["metadata"]["resourceVersion"]
+                    break
+                rv = event["object"]["metadata"]["resourceVersion"]
+                if event["type"] != "DELETED":
+                    self.writes += 1
+                    self._seen(event["object"])
+            self.reconnects += 1
+
+    def _seen(self, obj: Obj) -> None:
+        phase = (obj.get("status") or {}).get("phase")
+        if phase is None:
+            return
+        seen = self.history.setdefault(obj["metadata"]["name"], [])
+        if not seen or seen[-1][1] != phase:
+            seen.append((time.time(), phase))
+            self.counts[phase] = self.counts.get(phase, 0) + 1
+            self._changed.set()
 
     def first(self, name: str, phase: str, *, after: float = 0.0) -> float | None:
         """When ``name`` was first seen in ``phase`` at or after ``after``."""
