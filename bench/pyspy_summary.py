@@ -31,6 +31,7 @@ ACTIVITIES: list[tuple[str, str]] = [
     ("kflow: segments (engine.run_segment)", "run_segment (kflow/engine.py"),
     ("kflow: status mirror (flush: read run + PATCH)", "flush (kflow/controller/mirror.py"),
     ("kflow: status PATCH over httpx", "kflow/controller/kube.py"),
+    ("httpx/httpcore (all)", "(httpx/"),
     ("kflow: build_status", "kflow/controller/status.py"),
     ("asyncpg (all)", "asyncpg/"),
     ("pydantic (all)", "pydantic"),
@@ -38,16 +39,16 @@ ACTIVITIES: list[tuple[str, str]] = [
 ]
 
 LIBRARIES: list[tuple[str, str]] = [
-    ("httpx/httpcore/h11", r"/(httpx|httpcore|h11)/"),
-    ("aiohttp (kopf's client)", r"/(aiohttp|multidict|yarl)/"),
-    ("kopf", r"/kopf/"),
-    ("asyncpg", r"/asyncpg/"),
-    ("pydantic", r"/pydantic"),
-    ("kflow", r"/kflow/"),
-    ("ssl", r"ssl\.py"),
-    ("json", r"/json/"),
-    ("logging", r"/logging/"),
-    ("asyncio event loop", r"/asyncio/"),
+    ("httpx/httpcore/h11 (kflow's KubeApi)", r"\((httpx|httpcore|h11)/"),
+    ("aiohttp (kopf's client)", r"\((aiohttp|multidict|yarl)/"),
+    ("kopf", r"\(kopf/"),
+    ("asyncpg", r"\(asyncpg/"),
+    ("pydantic", r"\(pydantic"),
+    ("kflow", r"\(kflow/"),
+    ("ssl", r"\(ssl\.py"),
+    ("json", r"\(json/"),
+    ("logging", r"\(logging/"),
+    ("asyncio event loop", r"\(asyncio/"),
 ]
 
 
