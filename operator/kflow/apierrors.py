@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
-__all__ = ["ApiError", "checked_json"]
+__all__ = ["ApiError", "checked_json", "error_from"]
 
 
 class ApiError(RuntimeError):
@@ -18,12 +19,17 @@ class ApiError(RuntimeError):
         self.message = message
 
 
+def error_from(status: int, text: str) -> ApiError:
+    """The `ApiError` of an error response: the server's ``message`` if it sent a Status."""
+    try:
+        message = str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        message = text
+    return ApiError(status, message)
+
+
 def checked_json(response: httpx.Response) -> Any:
     """The response's JSON body, or `ApiError` with the server's message."""
     if response.status_code >= 400:
-        try:
-            message = str(response.json().get("message", response.text))
-        except ValueError:
-            message = response.text
-        raise ApiError(response.status_code, message)
+        raise error_from(response.status_code, response.text)
     return response.json()

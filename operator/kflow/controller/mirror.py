@@ -1,15 +1,17 @@
 """`StatusMirror`: a WorkflowRun's status follows its run, at most one PATCH per interval.
 
-Every record a segment writes *touches* the run. The first touch flushes at once; touches
-during the following interval are coalesced into one flush at its end, so a run making
-hundreds of fast steps costs a few PATCHes a second, and run throughput is bound by
-PostgreSQL, not by the API server. A flush reads the run from PostgreSQL (the operator
-is the only writer of the status) and skips the PATCH when nothing changed.
+Every record a segment writes *touches* the run; touches are coalesced into one flush per
+interval, so a run making hundreds of fast steps costs a few PATCHes a second. A phase
+change is *urgent* and flushes at once (an event's effect shows without waiting), which
+also absorbs the pending step touches: a fast run costs one PATCH, not one per step. A
+flush reads the run from PostgreSQL (the operator is the only writer of the status) and
+skips the PATCH when nothing changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -61,22 +63,27 @@ class StatusMirror:
         self._max_output = max_output_bytes
         self._dirty: set[uuid.UUID] = set()
         self._flushers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._wakeups: dict[uuid.UUID, asyncio.Event] = {}
         self._last: dict[uuid.UUID, WorkflowRunStatus] = {}
         self.rejected: dict[uuid.UUID, list[EventDelivery]] = {}
         """Annotations refused for a run, shown beside its delivered events."""
         self.patches = 0
 
-    def touch(self, run_id: uuid.UUID) -> None:
+    def touch(self, run_id: uuid.UUID, *, urgent: bool = False) -> None:
         self._dirty.add(run_id)
+        wakeup = self._wakeups.setdefault(run_id, asyncio.Event())
+        if urgent:
+            wakeup.set()
         if run_id not in self._flushers:
             self._flushers[run_id] = asyncio.create_task(
-                self._flush_loop(run_id), name=f"kflow-status-{run_id}"
+                self._flush_loop(run_id, wakeup), name=f"kflow-status-{run_id}"
             )
 
     def forget(self, run_id: uuid.UUID) -> None:
         self._dirty.discard(run_id)
         self._last.pop(run_id, None)
         self.rejected.pop(run_id, None)
+        self._wakeups.pop(run_id, None)
         task = self._flushers.pop(run_id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -84,9 +91,12 @@ class StatusMirror:
     def last(self, run_id: uuid.UUID) -> WorkflowRunStatus | None:
         return self._last.get(run_id)
 
-    async def _flush_loop(self, run_id: uuid.UUID) -> None:
+    async def _flush_loop(self, run_id: uuid.UUID, wakeup: asyncio.Event) -> None:
         try:
             while run_id in self._dirty:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=self._interval)
+                wakeup.clear()
                 self._dirty.discard(run_id)
                 try:
                     await self.flush(run_id)
@@ -94,10 +104,10 @@ class StatusMirror:
                     log.warning("status of run %s not mirrored yet: %s", run_id, exc)
                     self._dirty.add(run_id)
                     await asyncio.sleep(max(self._interval, 1.0))
-                await asyncio.sleep(self._interval)
         finally:
             if self._flushers.get(run_id) is asyncio.current_task():
                 del self._flushers[run_id]
+                self._wakeups.pop(run_id, None)
 
     async def flush(self, run_id: uuid.UUID) -> None:
         """Write the run's status now (if it changed)."""
