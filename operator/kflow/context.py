@@ -94,6 +94,9 @@ class Services:
     closures: Closures = field(default_factory=dict)
     app_db: Database | None = None
     persist_step_start: bool = False
+    record_running_after: timedelta | None = None
+    """Record a step as running once it has run this long (live status for slow steps,
+    no extra write for fast ones); `persist_step_start` records every start up front."""
     max_inline_backoff: timedelta = timedelta(seconds=30)
     on_record: Callable[[uuid.UUID, StepState], None] | None = None
     """Told of every record a segment writes (the operator mirrors them into status)."""
@@ -287,10 +290,10 @@ class WorkflowContext(EnvAccess):
         while True:
             state.attempts += 1
             state.status = StepStatus.RUNNING
-            if self._persist_start:
-                await self._write(replace(state))
             try:
-                result, encoded = await _invoke(fn, args, kwargs, timeout, rtype)
+                result, encoded = await self._attempt(
+                    state, _invoke(fn, args, kwargs, timeout, rtype)
+                )
             except Exception as exc:
                 now = self._svc.clock.now()
                 state.error = f"{type(exc).__name__}: {exc}"
@@ -313,6 +316,27 @@ class WorkflowContext(EnvAccess):
             self._reach(now)
             self.compensations.keep(skey, compensate, result)
             return result  # type: ignore[no-any-return]
+
+    async def _attempt(self, state: StepState, call: Awaitable[T]) -> T:
+        """Await one attempt, recording it as running first (`with_persist_step_start`)
+        or once it outlives `record_running_after`."""
+        if self._persist_start:
+            await self._write(replace(state))
+            return await call
+        delay = self._svc.record_running_after
+        if delay is None:
+            return await call
+        announced: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            delay.total_seconds(),
+            lambda: announced.append(asyncio.create_task(self._write(replace(state)))),
+        )
+        try:
+            return await call
+        finally:
+            timer.cancel()
+            if announced:  # the running record must land before the outcome's
+                await announced[0]
 
     async def _wait_for_retry(self, state: StepState) -> None:
         assert state.wake_at is not None

@@ -63,6 +63,8 @@ class Engine:
     ``owner`` names this executor in leases (default: host and pid). ``lease_ttl`` is how
     long a crashed executor keeps a run locked; live segments renew it every third of it.
     ``on_record(run_id, record)`` is called after each step, sleep or wait record is stored.
+    ``record_running_after`` records a step as running once it has run that long (the
+    operator uses it for live status); ``persist_step_start`` records every start.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Engine:
         owner: str | None = None,
         lease_ttl: timedelta = timedelta(seconds=60),
         persist_step_start: bool = False,
+        record_running_after: timedelta | None = None,
         max_inline_backoff: timedelta = timedelta(seconds=30),
         env: EnvProvider | None = None,
         app_db: Database | None = None,
@@ -95,6 +98,7 @@ class Engine:
             http_client=http_client or httpx.AsyncClient(),
             app_db=app_db,
             persist_step_start=persist_step_start,
+            record_running_after=record_running_after,
             max_inline_backoff=max_inline_backoff,
             on_record=on_record,
         )

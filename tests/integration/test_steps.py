@@ -311,3 +311,28 @@ async def test_low_level_records(make_env) -> None:
             "reversed": ["m"],
             "attempts": 1,
         }
+
+
+async def test_slow_steps_are_recorded_as_running_fast_ones_are_not(make_env) -> None:
+    records: list[tuple[str, StepStatus]] = []
+
+    async def slow() -> str:
+        await asyncio.sleep(0.3)
+        return "slow"
+
+    @workflow(name="announced", steps=["fast", "slow"])
+    async def wf(ctx: WorkflowContext) -> list[str]:
+        return [await ctx.step("fast", lambda: "fast"), await ctx.step("slow", slow)]
+
+    async with make_env(
+        wf,
+        record_running_after=timedelta(milliseconds=50),
+        on_record=lambda run_id, step: records.append((step.key, step.status)),
+    ) as env:
+        outcome = await env.execute(wf)
+        assert outcome.output == ["fast", "slow"]
+        assert records == [
+            ("fast", StepStatus.COMPLETED),
+            ("slow", StepStatus.RUNNING),
+            ("slow", StepStatus.COMPLETED),
+        ]

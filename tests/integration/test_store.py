@@ -69,3 +69,22 @@ async def test_the_store_works_with_its_own_schema_only(make_env, pg_dsn: str) -
         finally:
             await conn.close()
         assert count == 1
+
+
+async def test_snapshot_reads_a_run_its_last_records_and_inbox_at_once(make_env) -> None:
+    @workflow(name="many", steps=["s"], events=["e"])
+    async def wf(ctx: WorkflowContext) -> None:
+        for i in range(7):
+            await ctx.step("s", lambda i=i: i)
+        await ctx.wait_for_event("e")
+
+    async with make_env(wf) as env:
+        waiting = await env.execute(wf)
+        await env.send_event(waiting.run_id, "e", {"x": 1})
+        await env.send_event(waiting.run_id, "e", {"x": 2})
+        run, last, total, inbox = await env.store.snapshot(waiting.run_id, last_steps=3)
+        history = await env.history(waiting.run_id)
+        assert total == len(history) == 8
+        assert last == history[-3:]
+        assert run.status.value == "Waiting" and run.waiting_event == "e"
+        assert [(e["name"], e["consumed_by"]) for e in inbox] == [("e", None), ("e", None)]

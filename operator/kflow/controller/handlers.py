@@ -62,7 +62,9 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
 
     @kopf.on.create(**runs)
     async def created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await adopt(body, memo, resumed=False)
+        controller: Controller = memo["controller"]
+        if not controller.knows(_ref(body)):  # the event handler may have adopted it
+            await adopt(body, memo, resumed=False)
 
     @kopf.on.resume(**runs)
     async def resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

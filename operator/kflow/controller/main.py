@@ -7,6 +7,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import kopf
@@ -25,6 +26,9 @@ from kflow.workflow import Registry
 __all__ = ["run_operator"]
 
 log = logging.getLogger("kflow.operator")
+
+RUNNING_AFTER = timedelta(milliseconds=100)
+"""Steps running longer than this show as running in the status (one more write)."""
 
 Flag = asyncio.Event | threading.Event | asyncio.Future[Any]
 
@@ -49,7 +53,7 @@ async def run_operator(
 
     engine = Engine(
         store, registry, clock=clock, lease_ttl=settings.lease_ttl,
-        persist_step_start=True, on_record=recorded,
+        record_running_after=RUNNING_AFTER, on_record=recorded,
     )  # fmt: skip
     controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
     await engine.register_definitions()

@@ -115,15 +115,16 @@ class StatusMirror:
         if ref is None:
             return
         try:
-            run = await self._engine.get_run(run_id)
+            run, history, total, events = await self._engine.store.snapshot(
+                run_id, last_steps=self._max_steps
+            )
         except RunNotFound:
             return
-        history = await self._engine.history(run_id)
-        events = await self._engine.store.list_events(run_id)
         status = build_status(
             run,
             history,
             events,
+            total_steps=total,
             now=self._clock.now(),
             generation=ref.generation,
             previous=self._last.get(run_id),

@@ -85,9 +85,12 @@ def build_status(
     previous: WorkflowRunStatus | None = None,
     max_steps: int = 50,
     max_output_bytes: int = 16 * 1024,
+    total_steps: int | None = None,
 ) -> WorkflowRunStatus:
-    """The status for ``run``; ``history`` in record order, ``events`` from the inbox."""
+    """The status for ``run``; ``history`` in record order (perhaps only its end, of
+    ``total_steps`` records), ``events`` from the inbox."""
     shown = history[-max_steps:]
+    total = len(history) if total_steps is None else total_steps
     output, truncated = run.output, False
     if output is not None and len(json.dumps(output)) > max_output_bytes:
         output, truncated = None, True
@@ -114,7 +117,7 @@ def build_status(
                 )
                 for s in shown
             ],
-            "stepsOmitted": len(history) - len(shown),
+            "stepsOmitted": total - len(shown),
             "waiting": waiting,
             "output": output,
             "outputTruncated": truncated,

@@ -29,7 +29,14 @@ from kflow.models import (
     SuspendKind,
 )
 from kflow.store.migrations import apply_migrations
-from kflow.store.rows import CONSUME_EVENT, WRITE_STEP, run_from_row, step_from_row
+from kflow.store.rows import (
+    CONSUME_EVENT,
+    SNAPSHOT,
+    WRITE_STEP,
+    run_from_row,
+    step_from_json,
+    step_from_row,
+)
 
 __all__ = ["Database", "SendResult", "Store"]
 
@@ -342,6 +349,18 @@ class Store:
             steps = await conn.fetch("SELECT * FROM steps WHERE run_id = $1", run_id)
             state = await conn.fetch("SELECT key, value FROM saved_state WHERE run_id = $1", run_id)
         return [step_from_row(r) for r in steps], {r["key"]: r["value"] for r in state}
+
+    @_wrap_errors
+    async def snapshot(
+        self, run_id: uuid.UUID, *, last_steps: int
+    ) -> tuple[RunRecord, list[StepState], int, list[dict[str, Any]]]:
+        """In one round trip: the run, its last ``last_steps`` records (in record order),
+        how many records it has, and its inbox (id, name, consumed_by)."""
+        row = await self.pool.fetchrow(SNAPSHOT, run_id, last_steps)
+        if row is None:
+            raise RunNotFound(f"no run {run_id}")
+        steps = [step_from_json(item) for item in row["last_steps"]]
+        return run_from_row(row), steps, row["step_count"], row["inbox"]
 
     @_wrap_errors
     async def write_step(self, run_id: uuid.UUID, epoch: int, step: StepState) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -17,7 +18,14 @@ from kflow.models import (
     SuspendKind,
 )
 
-__all__ = ["CONSUME_EVENT", "WRITE_STEP", "run_from_row", "step_from_row"]
+__all__ = [
+    "CONSUME_EVENT",
+    "SNAPSHOT",
+    "WRITE_STEP",
+    "run_from_row",
+    "step_from_json",
+    "step_from_row",
+]
 
 T = TypeVar("T")
 
@@ -77,3 +85,29 @@ rec AS (
 SELECT EXISTS (SELECT 1 FROM lease) AS leased, EXISTS (SELECT 1 FROM rec) AS found,
        (SELECT payload FROM ev) AS payload
 """
+
+
+SNAPSHOT = """
+SELECT r.*,
+       (SELECT count(*) FROM steps s WHERE s.run_id = r.run_id) AS step_count,
+       (SELECT coalesce(json_agg(t ORDER BY t.seq NULLS LAST, t.started_at, t.key), '[]')
+          FROM (SELECT * FROM steps s WHERE s.run_id = r.run_id
+                ORDER BY s.seq DESC NULLS FIRST, s.started_at DESC, s.key DESC
+                LIMIT $2) t) AS last_steps,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'id', e.id, 'name', e.name, 'consumed_by', e.consumed_by) ORDER BY e.id), '[]')
+          FROM events e WHERE e.run_id = r.run_id) AS inbox
+FROM runs r WHERE r.run_id = $1
+"""
+
+_TIMES = ("started_at", "completed_at", "wake_at")
+
+
+def step_from_json(item: dict[str, Any]) -> StepState:
+    """A step from ``json_agg`` of a steps row (timestamps arrive as ISO strings)."""
+    fields = {k: v for k, v in item.items() if k != "run_id"}
+    for name in _TIMES:
+        if fields[name] is not None:
+            fields[name] = datetime.fromisoformat(fields[name])
+    fields["kind"], fields["status"] = StepKind(fields["kind"]), StepStatus(fields["status"])
+    return StepState(**fields)
