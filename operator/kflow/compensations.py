@@ -140,23 +140,25 @@ class Compensations:
         for state in self._compensable():
             if state.status not in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED):
                 continue
-            handler = self.handler(state.key)
             error: str | None = None
-            if handler is None:
-                descriptor = state.compensation or {}
-                error = (
-                    LOST_CLOSURE
-                    if descriptor.get("closure")
-                    else (
-                        f"compensation {descriptor.get('name')!r} is not in the registry; "
-                        "manual remediation is required"
+            try:
+                # Inside the try: stored arguments that no longer fit the function's
+                # types fail this compensation, they do not stop the others.
+                handler = self.handler(state.key)
+                if handler is None:
+                    descriptor = state.compensation or {}
+                    error = (
+                        LOST_CLOSURE
+                        if descriptor.get("closure")
+                        else (
+                            f"compensation {descriptor.get('name')!r} is not in the registry; "
+                            "manual remediation is required"
+                        )
                     )
-                )
-            else:
-                try:
+                else:
                     await handler()
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
             status = StepStatus.COMPENSATED if error is None else StepStatus.COMPENSATION_FAILED
             await self._write(replace(state, status=status, error=error))
             outcomes.append((state.key, error is None))

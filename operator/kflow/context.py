@@ -173,12 +173,15 @@ class WorkflowContext(EnvAccess):
 
     # -- plumbing ------------------------------------------------------------------
 
-    def _guard(self) -> None:
+    def _guard(self, *, new_work: bool = False) -> None:
+        """Refuse calls after the segment ended or the store failed; refuse *new* work
+        (not the recording of work already done, nor compensation) past the deadline."""
         if self._closed:
             raise SegmentEnded(f"run {self.run_id}: this segment has ended")
         if self._poison is not None:
             raise self._poison
-        if self._deadline is not None and self._svc.clock.now() >= self._deadline:
+        past = self._deadline is not None and self._svc.clock.now() >= self._deadline
+        if new_work and past:
             raise WorkflowTimeout(f"run {self.run_id} passed its deadline {self._deadline}")
 
     async def _write(self, step: StepState) -> None:
@@ -263,7 +266,7 @@ class WorkflowContext(EnvAccess):
         or any callable taking the result (in-process only). The result comes back as
         ``result_type``, by default ``fn``'s return annotation, else as JSON.
         """
-        self._guard()
+        self._guard(new_work=True)
         self._declared("step", name)
         skey = f"{name}[{key}]" if key is not None else _numbered(name, self._occurrence(name))
         rtype = return_type(fn) if result_type is _MISSING else result_type
@@ -344,7 +347,7 @@ class WorkflowContext(EnvAccess):
         if delay > self._svc.max_inline_backoff:
             raise self._suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
         await self._svc.clock.sleep(delay.total_seconds())
-        self._guard()
+        self._guard(new_work=True)
 
     async def record_step_start(self, name: str) -> None:
         """Persist that step ``name`` started; a no-op once it has started or finished."""
@@ -430,7 +433,7 @@ class WorkflowContext(EnvAccess):
 
     async def sleep(self, duration: timedelta) -> None:
         """Suspend for ``duration``; the wake time is persisted, the executor resumes the run."""
-        self._guard()
+        self._guard(new_work=True)
         key = f"@sleep#{self._occurrence('@sleep')}"
         state = self._steps.get(key)
         if state is None:
@@ -442,7 +445,7 @@ class WorkflowContext(EnvAccess):
 
     async def sleep_until(self, wake_at: datetime) -> None:
         """Suspend until ``wake_at``; returns at once if that has passed."""
-        self._guard()
+        self._guard(new_work=True)
         key = f"@sleep#{self._occurrence('@sleep')}"
         state = self._steps.get(key)
         if state is None:
@@ -489,7 +492,7 @@ class WorkflowContext(EnvAccess):
         Suspends until it arrives; raises `EventTimeout` after ``timeout`` and
         `EventPayloadError` (naming the field) when the payload does not parse as ``type``.
         """
-        self._guard()
+        self._guard(new_work=True)
         self._declared("event", name)
         key = f"@event:{name}#{self._occurrence('@event:' + name)}"
         state = self._steps.get(key)
@@ -537,7 +540,7 @@ class WorkflowContext(EnvAccess):
 
     async def save_state(self, key: str, value: Any) -> None:
         """Persist ``value`` under ``key`` for this run (before returning)."""
-        self._guard()
+        self._guard(new_work=True)
         encoded = encode(value)
         try:
             await self._svc.store.save_state(self.run_id, self._epoch, key, encoded)

@@ -47,6 +47,7 @@ from kflow.models import (
     RunStatus,
     SegmentOutcome,
     StepState,
+    StepStatus,
     SuspendKind,
     SuspendReason,
 )
@@ -211,7 +212,7 @@ class Engine:
 
     async def cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> SegmentOutcome:
         """Stop the run and compensate its completed steps (taking over its lease)."""
-        async with self._lease(run_id, steal=True) as run:
+        async with self._lease(run_id, steal=True, segment=False) as run:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             run.error = f"cancelled: {reason}"
@@ -223,7 +224,7 @@ class Engine:
 
     async def retire(self, run_id: uuid.UUID, reason: str = "retired") -> SegmentOutcome:
         """Mark a run that no code can resume as RetiredUnresumable (no compensation)."""
-        async with self._lease(run_id, steal=True) as run:
+        async with self._lease(run_id, steal=True, segment=False) as run:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             error = f"retired: {reason}"
@@ -232,13 +233,21 @@ class Engine:
 
     async def retry(self, run_id: uuid.UUID) -> SegmentOutcome:
         """Make a Failed or Blocked run runnable again, keeping its completed steps: failed
-        steps and timed-out waits run again, and a passed deadline starts over."""
-        async with self._lease(run_id, steal=True) as run:
+        steps and timed-out waits run again, and a passed deadline starts over. A run that
+        a cancel (or its handler) began to undo goes back to Compensating instead: its
+        failed compensations run again, the handler does not."""
+        async with self._lease(run_id, steal=True, segment=False) as run:
             if run.status != RunStatus.FAILED and not run.status.is_blocked:
                 raise KflowError(
                     f"run {run_id} is {run.status.value}: only Failed or Blocked runs retry"
                 )
             now = self.clock.now()
+            history, _ = await self.store.load_history(run.run_id)
+            if any(s.status in _UNDOING for s in history):
+                # A cancel began to undo this run: retrying finishes the undoing (failed
+                # compensations run again), it never runs the handler forward again.
+                await self._finish(run, RunStatus.COMPENSATING, error=run.error)
+                return _outcome(run.run_id, RunStatus.COMPENSATING, ready_at=now)
             await self.store.forget_failures(run.run_id, run.lease_epoch)
             timeout = run.timeout_seconds
             await self._finish(
@@ -254,21 +263,21 @@ class Engine:
         return _outcome(run.run_id, run.status, output=run.output, error=run.error)
 
     @contextlib.asynccontextmanager
-    async def _lease(self, run_id: uuid.UUID, *, steal: bool) -> AsyncIterator[RunRecord]:
+    async def _lease(
+        self, run_id: uuid.UUID, *, steal: bool, segment: bool = True
+    ) -> AsyncIterator[RunRecord]:
         """Hold the run's lease (a new fencing epoch) and renew it in the background.
 
-        On a store failure the lease is given back (best effort), so that another
-        executor need not wait for it to expire."""
+        Whatever goes wrong inside, the lease is given back (best effort; a no-op once
+        superseded), so the next executor need not wait for it to expire."""
         run = await self.store.acquire_lease(
-            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=steal
-        )
-
+            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=steal,
+            segment=segment,
+        )  # fmt: skip
         renewal = _Renewal(self, run)
         try:
             yield run
-        except LeaseLost:
-            raise
-        except PersistenceError:
+        except Exception:
             with contextlib.suppress(PersistenceError):
                 await self.store.release_lease(run.run_id, run.lease_epoch)
             raise
@@ -423,17 +432,22 @@ class Engine:
             ctx.close()
         failed = [step for step, ok in results if not ok]
         now = self.clock.now()
+        states = ctx.all_step_states()
         error: str | None
         if failed:
-            states = {s.key: s for s in ctx.all_step_states().values()}
             detail = "; ".join(f"{k}: {states[k].error}" for k in failed)
             error = f"{run.error}; compensation failed for {', '.join(failed)} ({detail})"
             status = RunStatus.FAILED
         else:
+            # From the history, not this pass: an earlier pass may have done them all.
+            undone = any(s.status == StepStatus.COMPENSATED for s in states.values())
             error = run.error
-            status = RunStatus.COMPENSATED if results else RunStatus.CANCELLED_BY_OPERATOR
+            status = RunStatus.COMPENSATED if undone else RunStatus.CANCELLED_BY_OPERATOR
         await self._finish(run, status, error=error, completed_at=now)
         return _outcome(run.run_id, status, error=error)
+
+
+_UNDOING = (StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
 
 
 class _Renewal:
@@ -457,8 +471,10 @@ class _Renewal:
             await engine.store.renew_lease(
                 run.run_id, run.lease_epoch, now=engine.clock.now(), ttl=engine.lease_ttl
             )
+        except LeaseLost:
+            return  # superseded: the segment's next write fails the same way and stops it
         except TransientError:
-            return  # the segment's next write fails the same way and stops it
+            pass  # a blip: try again at the next interval, before the lease runs out
         self._timer = self._loop.call_later(self._interval, self._fire)
 
     async def stop(self) -> None:

@@ -173,7 +173,7 @@ class Controller:
     async def _outcome(self, outcome: SegmentOutcome) -> None:
         run_id = outcome.run_id
         self.mirror.touch(run_id, urgent=True)
-        if outcome.status == RunStatus.WAITING and outcome.ready_at is not None:
+        if outcome.ready_at is not None:
             if outcome.ready_at <= self._clock.now():
                 self.executor.submit(run_id)
             else:

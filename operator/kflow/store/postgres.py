@@ -244,13 +244,23 @@ class Store:
 
     @_wrap_errors
     async def acquire_lease(
-        self, run_id: uuid.UUID, *, owner: str, now: datetime, ttl: timedelta, steal: bool
+        self,
+        run_id: uuid.UUID,
+        *,
+        owner: str,
+        now: datetime,
+        ttl: timedelta,
+        steal: bool,
+        segment: bool = True,
     ) -> RunRecord:
-        """Take the run's lease with a new epoch; `LeaseHeld` if another holds it."""
+        """Take the run's lease with a new epoch; `LeaseHeld` if another holds it.
+        ``segment``: the lease is for a segment (a Created or Waiting run becomes Running,
+        and counts a segment); otherwise (cancel, retire, retry) the status is left alone."""
         row = await self.pool.fetchrow(
             """UPDATE runs SET lease_epoch = lease_epoch + 1, lease_owner = $2,
-                   lease_expires_at = $3, segments = segments + 1, updated_at = $4,
-                   status = CASE WHEN status IN ('Created', 'Waiting') THEN 'Running'
+                   lease_expires_at = $3, updated_at = $4,
+                   segments = segments + CASE WHEN $6 THEN 1 ELSE 0 END,
+                   status = CASE WHEN $6 AND status IN ('Created', 'Waiting') THEN 'Running'
                                  ELSE status END,
                    started_at = COALESCE(started_at, $4),
                    deadline = CASE WHEN deadline IS NULL AND signature IS NOT NULL
@@ -259,7 +269,7 @@ class Store:
                WHERE run_id = $1
                  AND (lease_owner IS NULL OR lease_expires_at <= $4 OR $5)
                RETURNING *""",
-            run_id, owner, now + ttl, now, steal,
+            run_id, owner, now + ttl, now, steal, segment,
         )  # fmt: skip
         if row is not None:
             return run_from_row(row)

@@ -1,0 +1,159 @@
+"""Regressions found by review: each test failed before its fix."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from kflow import (
+    KflowError,
+    PersistenceError,
+    RunStatus,
+    StepStatus,
+    WorkflowContext,
+    compensation,
+    workflow,
+)
+
+pytestmark = pytest.mark.integration
+
+undone: list[object] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    undone.clear()
+
+
+@compensation("refund-once")
+async def refund(ctx: WorkflowContext, charge: str) -> None:
+    undone.append(charge)
+
+
+@compensation("unreserve-qty")
+async def unreserve(ctx: WorkflowContext, qty: int) -> None:
+    undone.append(qty)
+
+
+@workflow(
+    name="bounded-pay", steps=["charge", "after"], events=["go"], timeout=timedelta(seconds=10)
+)
+async def bounded_pay(ctx: WorkflowContext) -> str:
+    await ctx.step("charge", lambda: "ch_1", compensate=refund)
+    await ctx.wait_for_event("go")
+    await ctx.step("after", lambda: undone.append("after ran") or "x")
+    return "done"
+
+
+async def test_cancel_after_the_deadline_compensates_once_and_ends(make_env) -> None:
+    async with make_env(bounded_pay, refund) as env:
+        waiting = await env.execute(bounded_pay)
+        env.clock.advance(timedelta(seconds=20))  # nobody woke it at its deadline
+        outcome = await env.engine.cancel(waiting.run_id, "stop")
+        assert outcome.status is RunStatus.COMPENSATED
+        assert undone == ["ch_1"]
+        run = await env.run(waiting.run_id)
+        assert run.lease_owner is None
+
+
+async def test_a_refused_retry_leaves_the_run_as_it_was(make_env) -> None:
+    async with make_env(bounded_pay, refund) as env:
+        waiting = await env.execute(bounded_pay)
+        with pytest.raises(KflowError, match="is Waiting: only Failed or Blocked runs retry"):
+            await env.engine.retry(waiting.run_id)
+        run = await env.run(waiting.run_id)
+        assert run.status is RunStatus.WAITING and run.lease_owner is None
+        sent = await env.send_event(waiting.run_id, "go")
+        assert sent.wakes_run
+
+
+async def test_retry_after_a_failed_cancel_finishes_undoing_never_goes_forward(make_env) -> None:
+    flaky = {"down": True}
+
+    @compensation("flaky-refund")
+    async def flaky_refund(ctx: WorkflowContext, charge: str) -> None:
+        if flaky["down"]:
+            raise ConnectionError("refund API down")
+        undone.append(charge)
+
+    @workflow(name="saga-retry", steps=["charge", "ship"], events=["go"])
+    async def saga(ctx: WorkflowContext) -> str:
+        await ctx.step("charge", lambda: "ch_2", compensate=flaky_refund)
+        await ctx.wait_for_event("go")
+        await ctx.step("ship", lambda: undone.append("shipped") or "s")
+        return "done"
+
+    async with make_env(saga, flaky_refund) as env:
+        waiting = await env.execute(saga)
+        failed = await env.engine.cancel(waiting.run_id, "stop")
+        assert failed.status is RunStatus.FAILED
+        flaky["down"] = False
+        again = await env.engine.retry(waiting.run_id)
+        assert again.status is RunStatus.COMPENSATING
+        done = await env.drive(waiting.run_id)
+        assert done.status is RunStatus.COMPENSATED
+        assert undone == ["ch_2"]
+
+
+async def test_compensation_arguments_that_no_longer_fit_fail_only_that_compensation(
+    make_env,
+) -> None:
+    @workflow(name="bad-args", steps=["reserve", "charge"], events=["go"])
+    async def wf(ctx: WorkflowContext) -> None:
+        await ctx.step("reserve", lambda: 1, compensate=("unreserve-qty", "three"))
+        await ctx.step("charge", lambda: "ch_3", compensate=refund)
+        await ctx.wait_for_event("go")
+
+    async with make_env(wf, refund, unreserve) as env:
+        waiting = await env.execute(wf)
+        outcome = await env.engine.cancel(waiting.run_id, "stop")
+        assert outcome.status is RunStatus.FAILED
+        assert "compensation failed for reserve" in (outcome.error or "")
+        assert undone == ["ch_3"]
+        assert (await env.run(waiting.run_id)).lease_owner is None
+
+
+async def test_a_cancel_that_crashed_after_undoing_everything_ends_compensated(make_env) -> None:
+    async with make_env(bounded_pay, refund) as env:
+        waiting = await env.execute(bounded_pay)
+        finish = env.engine._finish
+
+        async def crash_once(run, status, **fields):  # type: ignore[no-untyped-def]
+            if status is RunStatus.COMPENSATED:
+                env.engine._finish = finish  # type: ignore[method-assign]
+                raise PersistenceError("the process died before recording the outcome")
+            return await finish(run, status, **fields)
+
+        env.engine._finish = crash_once  # type: ignore[method-assign]
+        with pytest.raises(PersistenceError):
+            await env.engine.cancel(waiting.run_id, "stop")
+        again = await env.engine.run_segment(waiting.run_id)
+        assert again.status is RunStatus.COMPENSATED
+        assert undone == ["ch_1"]
+
+
+async def test_a_step_that_ends_after_the_deadline_keeps_its_result(make_env) -> None:
+    ran: list[str] = []
+
+    @workflow(name="late-step", steps=["pay", "next"], timeout=timedelta(seconds=10))
+    async def wf(ctx: WorkflowContext) -> str:
+        async def pay() -> str:
+            ran.append("pay")
+            await env.clock.sleep(11)  # the deadline passes while the step runs
+            return "paid"
+
+        await ctx.step("pay", pay)
+        await ctx.step("next", lambda: ran.append("next"))
+        return "done"
+
+    async with make_env(wf) as env:
+        outcome = await env.execute(wf)
+        assert outcome.status is RunStatus.FAILED
+        assert (outcome.error or "").startswith("WorkflowTimeout")
+        (pay,) = [s for s in await env.history(outcome.run_id) if s.key == "pay"]
+        assert pay.status is StepStatus.COMPLETED and pay.result == "paid"
+        await env.engine.retry(outcome.run_id)
+        done = await env.drive(outcome.run_id)
+        assert done.status is RunStatus.COMPLETED
+        assert ran == ["pay", "next"]  # the completed step did not run again
