@@ -8,10 +8,10 @@ the call returns; a store failure poisons the context, so the segment stops inst
 continuing on state the database has not seen.
 
 Step keys: the first call of a step name is keyed by the name, later calls of the same
-name in one run by ``name#2``, ``name#3``... in call order, which is deterministic for
-deterministic code (also under ``asyncio.gather``: tasks start in argument order). Pass
-``key=`` for data-driven loops (``ctx.step("charge", f, key=item.id)``) so that keys do not
-depend on iteration order.
+name in one run by ``name#2``, ``name#3``... in call order; calls from tasks the handler
+starts are numbered per task (``name#t<k>.<n>``), so concurrent branches keep their keys
+whatever the interleaving (see `_next_key`). Pass ``key=`` for data-driven loops
+(``ctx.step("charge", f, key=item.id)``) so that keys do not depend on iteration order.
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ class WorkflowContext(EnvAccess):
         self._steps = {s.key: s for s in history}
         self._state = dict(saved_state)
         self._seq = max((s.seq or 0 for s in history), default=0)
-        self._occurrences: dict[str, int] = {}
+        self._occurrences: dict[tuple[str, str], int] = {}
+        self._root_task = asyncio.current_task()
+        self._task_scopes: dict[asyncio.Task[Any], str] = {}
         self._time = self.started_at
         self._suspend: SuspendReason | None = None
         self._poison: PersistenceError | None = None
@@ -202,10 +204,25 @@ class WorkflowContext(EnvAccess):
         self._seq += 1
         return self._seq
 
-    def _occurrence(self, name: str) -> int:
-        n = self._occurrences.get(name, 0) + 1
-        self._occurrences[name] = n
-        return n
+    def _next_key(self, name: str, *, first_bare: bool = True) -> str:
+        """The key of the next call of ``name``: numbered per task, so that concurrent
+        branches keep their keys when a replay runs them in another interleaving.
+
+        In the handler's own task: ``name``, ``name#2``... (``name#1`` first when not
+        ``first_bare``). In the k-th task the handler started (by first kflow call, which
+        is task start order when each branch calls kflow before awaiting anything else):
+        ``name#t<k>.<n>``."""
+        task = asyncio.current_task()
+        scope = ""
+        if task is not None and task is not self._root_task:
+            scope = self._task_scopes.get(task, "")
+            if not scope:
+                scope = self._task_scopes[task] = f"t{len(self._task_scopes) + 1}"
+        n = self._occurrences.get((scope, name), 0) + 1
+        self._occurrences[(scope, name)] = n
+        if scope:
+            return f"{name}#{scope}.{n}"
+        return name if n == 1 and first_bare else f"{name}#{n}"
 
     def _declared(self, kind: str, name: str) -> None:
         if self._definition is None:
@@ -268,7 +285,7 @@ class WorkflowContext(EnvAccess):
         """
         self._guard(new_work=True)
         self._declared("step", name)
-        skey = f"{name}[{key}]" if key is not None else _numbered(name, self._occurrence(name))
+        skey = f"{name}[{key}]" if key is not None else self._next_key(name)
         rtype = return_type(fn) if result_type is _MISSING else result_type
         found = self._steps.get(skey)
         if found is not None and found.status in _DONE:
@@ -434,7 +451,7 @@ class WorkflowContext(EnvAccess):
     async def sleep(self, duration: timedelta) -> None:
         """Suspend for ``duration``; the wake time is persisted, the executor resumes the run."""
         self._guard(new_work=True)
-        key = f"@sleep#{self._occurrence('@sleep')}"
+        key = self._next_key("@sleep", first_bare=False)
         state = self._steps.get(key)
         if state is None:
             if duration <= timedelta(0):
@@ -446,7 +463,7 @@ class WorkflowContext(EnvAccess):
     async def sleep_until(self, wake_at: datetime) -> None:
         """Suspend until ``wake_at``; returns at once if that has passed."""
         self._guard(new_work=True)
-        key = f"@sleep#{self._occurrence('@sleep')}"
+        key = self._next_key("@sleep", first_bare=False)
         state = self._steps.get(key)
         if state is None:
             if wake_at <= self._svc.clock.now():
@@ -494,7 +511,7 @@ class WorkflowContext(EnvAccess):
         """
         self._guard(new_work=True)
         self._declared("event", name)
-        key = f"@event:{name}#{self._occurrence('@event:' + name)}"
+        key = self._next_key(f"@event:{name}", first_bare=False)
         state = self._steps.get(key)
         if state is not None and state.status == StepStatus.COMPLETED:
             self._reach(state.completed_at)
@@ -581,10 +598,6 @@ class WorkflowContext(EnvAccess):
     def set_http_timeout(self, timeout: timedelta | float | None) -> None:
         """Default timeout of ``ctx.http`` requests from this context (None: httpx's)."""
         self._http_timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-
-
-def _numbered(name: str, n: int) -> str:
-    return name if n == 1 else f"{name}#{n}"
 
 
 def _base(key: str) -> str:

@@ -113,13 +113,28 @@ async def test_concurrent_steps_replay_deterministically(make_env, counter) -> N
         assert outcome.output == ["w0", "w1", "w2", "w3", "w4"]
         assert counter == {f"w{i}": 1 for i in range(5)}
         steps = {s.key: s.result for s in await env.history(outcome.run_id) if s.name == "work"}
-        assert steps == {
-            "work": "w0",
-            "work#2": "w1",
-            "work#3": "w2",
-            "work#4": "w3",
-            "work#5": "w4",
-        }
+        assert steps == {f"work#t{i + 1}.1": f"w{i}" for i in range(5)}  # keyed per task
+
+
+async def test_concurrent_branches_of_several_steps_keep_their_results(make_env) -> None:
+    async def fetch(label: str, delay: float) -> str:
+        await asyncio.sleep(delay)
+        return f"fetched-{label}"
+
+    @workflow(name="branches", steps=["fetch", "process"])
+    async def wf(ctx: WorkflowContext) -> list[str]:
+        async def branch(label: str, delay: float) -> str:
+            got = await ctx.step("fetch", fetch, label, delay)
+            return await ctx.step("process", lambda: f"{got}-processed")
+
+        # B's fetch finishes first; on replay A's branch runs to its end before B starts.
+        results = await asyncio.gather(branch("A", 0.1), branch("B", 0.0))
+        await ctx.sleep(timedelta(minutes=1))
+        return list(results)
+
+    async with make_env(wf) as env:
+        outcome = await env.execute(wf)
+        assert outcome.output == ["fetched-A-processed", "fetched-B-processed"]
 
 
 async def test_retry_with_backoff_then_success(make_env) -> None:
