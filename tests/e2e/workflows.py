@@ -62,6 +62,14 @@ async def approval(ctx: WorkflowContext, job: Job) -> str:
     return decision.by
 
 
+@workflow(name="approval-twice", steps=["record"], events=["approved"])
+async def approval_twice(ctx: WorkflowContext, job: Job) -> list[str]:
+    first = await ctx.wait_for_event("approved", type=Approval)
+    await ctx.step("record", mark, job.log, f"first-{first.by}")
+    second = await ctx.wait_for_event("approved", type=Approval)
+    return [first.by, second.by]
+
+
 @compensation("unmark")
 async def unmark(ctx: WorkflowContext, log: str, what: str) -> None:
     await mark(log, f"undo-{what}")

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from kflow.clock import Clock
 from kflow.controller.kube import ApiError, KubeApi
-from kflow.controller.status import build_status
+from kflow.controller.status import MAX_EVENTS, build_status
 from kflow.engine import Engine
 from kflow.errors import RunNotFound, TransientError
 from kflow.resources import EventDelivery, WorkflowRunStatus
@@ -28,6 +28,9 @@ from kflow.resources import EventDelivery, WorkflowRunStatus
 __all__ = ["RunRef", "StatusMirror"]
 
 log = logging.getLogger(__name__)
+
+_PERMANENT = {400, 403, 422}
+"""API answers that the same PATCH will get again."""
 
 _TOP_LEVEL = [field.alias or name for name, field in WorkflowRunStatus.model_fields.items()]
 
@@ -100,7 +103,14 @@ class StatusMirror:
                 self._dirty.discard(run_id)
                 try:
                     await self.flush(run_id)
-                except (TransientError, ApiError, OSError) as exc:
+                except ApiError as exc:
+                    if exc.status in _PERMANENT:  # retrying the same PATCH cannot help
+                        log.error("status of run %s refused: %s", run_id, exc)
+                        continue
+                    log.warning("status of run %s not mirrored yet: %s", run_id, exc)
+                    self._dirty.add(run_id)
+                    await asyncio.sleep(max(self._interval, 1.0))
+                except (TransientError, OSError) as exc:
                     log.warning("status of run %s not mirrored yet: %s", run_id, exc)
                     self._dirty.add(run_id)
                     await asyncio.sleep(max(self._interval, 1.0))
@@ -131,7 +141,7 @@ class StatusMirror:
             max_steps=self._max_steps,
             max_output_bytes=self._max_output,
         )
-        status.events.extend(self.rejected.get(run_id, []))
+        status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
         if status == self._last.get(run_id):
             return
         # A merge patch deletes what is null at the top, but keeps nulls inside list items
@@ -145,4 +155,7 @@ class StatusMirror:
                 return
             raise
         self.patches += 1
-        self._last[run_id] = status
+        if run.status.is_terminal:  # nothing will change it: keep no copy in memory
+            self._last.pop(run_id, None)
+        else:
+            self._last[run_id] = status

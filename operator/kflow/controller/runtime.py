@@ -12,15 +12,17 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
 from kflow.clock import Clock
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
 from kflow.controller.executor import InlineExecutor
-from kflow.controller.kube import KubeApi
+from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import RunRef, StatusMirror
+from kflow.controller.status import MAX_EVENTS
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
 from kflow.errors import (
@@ -37,6 +39,9 @@ from kflow.settings import OperatorSettings
 __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
+
+ANNOTATION_RETRY = 5.0
+"""Seconds before annotations whose handling hit a transient failure are tried again."""
 
 _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
 
@@ -104,7 +109,6 @@ class Controller:
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
         run exists and is moving. ``resumed``: a previous operator may have died mid-run."""
         run_id = uuid.UUID(ref.uid)
-        self._refs[run_id] = ref
         try:
             run = await self.engine.start(
                 spec.workflow,
@@ -116,6 +120,7 @@ class Controller:
         except InvalidInput as exc:
             await self.refuse(ref, "InvalidInput", str(exc))
             return
+        self._refs[run_id] = ref  # only now: a failed start is retried, not skipped
         self._workflows[run_id] = spec.workflow
         self._set_phase(run_id, run.status)
         self._continue(run, steal=resumed)
@@ -205,15 +210,30 @@ class Controller:
     # -- annotations -------------------------------------------------------------
 
     async def annotations(self, ref: RunRef, annotations: dict[str, str]) -> None:
-        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones."""
+        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones.
+
+        kopf does not retry event handlers, so a transient failure (database or API
+        server) schedules another pass here; every step is idempotent (dedupe keys,
+        removals that test the value), and an annotation stays until it is handled."""
         found = parse_annotations(annotations, max_bytes=self._settings.max_event_bytes)
-        for item in found:
-            if isinstance(item, EventAnnotation):
-                await self._deliver(ref, item)
-            elif isinstance(item, Rejected):
-                await self._reject(ref, item.key, item.value, item.name, item.reason)
-            else:
-                await self._act(ref, item)
+        try:
+            for item in found:
+                if isinstance(item, EventAnnotation):
+                    await self._deliver(ref, item)
+                elif isinstance(item, Rejected):
+                    await self._reject(ref, item.key, item.value, item.name, item.reason)
+                else:
+                    await self._act(ref, item)
+        except (TransientError, ApiError, OSError) as exc:
+            log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
+            asyncio.get_running_loop().call_later(
+                ANNOTATION_RETRY, lambda: self._spawn(self.annotations(ref, annotations))
+            )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
 
     async def _deliver(self, ref: RunRef, event: EventAnnotation) -> None:
         run_id = uuid.UUID(ref.uid)
@@ -230,17 +250,21 @@ class Controller:
                 f"the run is {sent.status.value}: event {event.name!r} was not delivered",
             )  # fmt: skip
             return
-        await self._kube.remove_annotation(ref.namespace, ref.name, event.key, event.value)
         if sent.wakes_run:
             self._event_at[run_id] = time.monotonic()
             self.executor.submit(run_id)
         self.mirror.touch(run_id)
+        if await self._kube.remove_annotation(ref.namespace, ref.name, event.key, event.value):
+            # Gone from the object: the same payload may be sent again as a new event.
+            await self.engine.store.release_dedupe(run_id, event.dedupe_key)
 
     async def _reject(self, ref: RunRef, key: str, value: str, name: str, reason: str) -> None:
         run_id = uuid.UUID(ref.uid)
-        self.mirror.rejected.setdefault(run_id, []).append(
+        rejected = self.mirror.rejected.setdefault(run_id, [])
+        rejected.append(
             EventDelivery.model_validate({"name": name, "state": "rejected", "message": reason})
         )
+        del rejected[:-MAX_EVENTS]
         await self._event(ref, "Warning", "EventRejected", f"{key}: {reason}")
         await self._kube.remove_annotation(ref.namespace, ref.name, key, value)
         self.mirror.touch(run_id)
@@ -256,6 +280,8 @@ class Controller:
                 outcome = await self.engine.retire(run_id, reason)
             else:
                 outcome = await self.engine.retry(run_id)
+        except TransientError:
+            raise  # not refused: try again (the annotation stays until then)
         except KflowError as exc:
             await self._event(ref, "Warning", f"{action.verb.capitalize()}Refused", str(exc))
         else:

@@ -21,7 +21,7 @@ from kflow.resources import (
     WorkflowRunStatus,
 )
 
-__all__ = ["build_status"]
+__all__ = ["MAX_EVENTS", "build_status"]
 
 MAX_ERROR = 1024
 MAX_EVENTS = 20
