@@ -18,9 +18,26 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
-__all__ = ["LocalPostgres", "find_pg_bindir", "free_port"]
+__all__ = ["LocalPostgres", "Service", "find_pg_bindir", "free_port"]
+
+
+class Service:
+    """Something started and stopped by this process: ``start()`` returns it, ``stop()``
+    may be called twice; ``with`` starts and stops it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def free_port() -> int:
@@ -51,7 +68,7 @@ def find_pg_bindir() -> Path:
     )
 
 
-class LocalPostgres:
+class LocalPostgres(Service):
     """A PostgreSQL cluster in a temp dir, listening on 127.0.0.1 only, with trust auth.
 
     Use as a context manager, or call `start()` and `stop()`. `dsn` is valid once started.
@@ -116,14 +133,3 @@ class LocalPostgres:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "stop")
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = None
-
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

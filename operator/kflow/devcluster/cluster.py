@@ -26,14 +26,13 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
 from kflow.devcluster.build import K8sBinaries, ensure_built
 from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
 from kflow.devcluster.procs import spawn, stop_child, stop_pid, tail
-from kflow.localpg import free_port
+from kflow.localpg import Service, free_port
 
 __all__ = ["ClusterError", "LocalCluster", "find_etcd"]
 
@@ -59,7 +58,7 @@ def find_etcd() -> Path:
     return Path(found)
 
 
-class LocalCluster:
+class LocalCluster(Service):
     """A control plane in a temp dir, listening on 127.0.0.1 only.
 
     Use as a context manager, or call `start()` and `stop()`. `users` maps extra user names
@@ -323,14 +322,3 @@ class LocalCluster:
             shutil.rmtree(path, ignore_errors=True)
         self.cleanup.clear()
         self.workdir = None
-
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

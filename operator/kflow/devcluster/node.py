@@ -50,6 +50,7 @@ from kflow.devcluster.kubeconfig import ApiEndpoint
 from kflow.devcluster.logserver import LogServer
 from kflow.devcluster.podrun import PodRunner, now
 from kflow.devcluster.rest import ApiError, Obj, Rest
+from kflow.localpg import Service
 
 __all__ = ["NodeStandIn"]
 
@@ -57,7 +58,7 @@ log = logging.getLogger("kflow.devcluster.node")
 _CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
 
 
-class NodeStandIn:
+class NodeStandIn(Service):
     """Registers Node `name` and runs the Pods bound to it, in background threads.
 
     Use as a context manager, or call `start()` and `stop()`. Pod directories (logs,
@@ -81,12 +82,6 @@ class NodeStandIn:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch_loop, name=f"node-{name}", daemon=True)
         self.logs = LogServer(self._log_source, certdir=workdir / ".kubelet", name=name)
-
-    def __enter__(self) -> NodeStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> NodeStandIn:
         self.workdir.mkdir(parents=True, exist_ok=True)
