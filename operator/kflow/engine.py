@@ -57,6 +57,9 @@ from kflow.workflow import Registry, WorkflowDefinition
 
 __all__ = ["Engine"]
 
+CANCELLED = "cancelled: "
+"""How a cancelled run's error starts (and how retry tells a cancel from a failure)."""
+
 
 class Engine:
     """Runs workflows from a `Registry` against a `Store`.
@@ -215,7 +218,7 @@ class Engine:
         async with self._lease(run_id, steal=True, segment=False) as run:
             if run.status.is_terminal:
                 return await self._unchanged(run)
-            run.error = f"cancelled: {reason}"
+            run.error = f"{CANCELLED}{reason}"
             await self.store.update_run(
                 run.run_id, run.lease_epoch, now=self.clock.now(), status=RunStatus.COMPENSATING,
                 error=run.error, wake_at=None, waiting_event=None,
@@ -224,7 +227,8 @@ class Engine:
 
     async def retire(self, run_id: uuid.UUID, reason: str = "retired") -> SegmentOutcome:
         """Mark a run that no code can resume as RetiredUnresumable (no compensation)."""
-        async with self._lease(run_id, steal=True, segment=False) as run:
+        # No steal: a live segment means the run is resumable after all (LeaseHeld).
+        async with self._lease(run_id, steal=False, segment=False) as run:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             error = f"retired: {reason}"
@@ -234,16 +238,20 @@ class Engine:
     async def retry(self, run_id: uuid.UUID) -> SegmentOutcome:
         """Make a Failed or Blocked run runnable again, keeping its completed steps: failed
         steps and timed-out waits run again, and a passed deadline starts over. A run that
-        a cancel (or its handler) began to undo goes back to Compensating instead: its
-        failed compensations run again, the handler does not."""
-        async with self._lease(run_id, steal=True, segment=False) as run:
+        a cancel began to undo goes back to Compensating instead: its failed compensations
+        run again, the handler does not. (Compensations a handler ran itself are its own
+        business: retrying such a run replays the handler.)"""
+        # No steal: a Failed or Blocked run has no live holder, and a refused retry must
+        # not fence out a segment that is running.
+        async with self._lease(run_id, steal=False, segment=False) as run:
             if run.status != RunStatus.FAILED and not run.status.is_blocked:
                 raise KflowError(
                     f"run {run_id} is {run.status.value}: only Failed or Blocked runs retry"
                 )
             now = self.clock.now()
             history, _ = await self.store.load_history(run.run_id)
-            if any(s.status in _UNDOING for s in history):
+            cancelled = (run.error or "").startswith(CANCELLED)
+            if cancelled and any(s.status in _UNDOING for s in history):
                 # A cancel began to undo this run: retrying finishes the undoing (failed
                 # compensations run again), it never runs the handler forward again.
                 await self._finish(run, RunStatus.COMPENSATING, error=run.error)

@@ -157,3 +157,58 @@ async def test_a_step_that_ends_after_the_deadline_keeps_its_result(make_env) ->
         done = await env.drive(outcome.run_id)
         assert done.status is RunStatus.COMPLETED
         assert ran == ["pay", "next"]  # the completed step did not run again
+
+
+async def test_a_retry_while_a_segment_runs_does_not_fence_it_out(make_env) -> None:
+    import asyncio
+
+    from kflow import LeaseHeld
+
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> str:
+        entered.set()
+        await gate.wait()
+        return "slow"
+
+    @workflow(name="busy-retry", steps=["slow"])
+    async def wf(ctx: WorkflowContext) -> str:
+        return await ctx.step("slow", slow)
+
+    async with make_env(wf) as env:
+        run = await env.engine.start(wf)
+        segment = asyncio.create_task(env.engine.run_segment(run.run_id))
+        await entered.wait()
+        with pytest.raises(LeaseHeld):
+            await env.engine.retry(run.run_id)
+        gate.set()
+        assert (await segment).status is RunStatus.COMPLETED
+
+
+async def test_retry_replays_a_handler_that_compensated_on_its_own(make_env) -> None:
+    shipping = {"down": True}
+
+    def ship() -> str:
+        if shipping["down"]:
+            raise ConnectionError("carrier down")
+        return "shipped"
+
+    @workflow(name="fallback", steps=["hotel", "car", "charge", "ship"])
+    async def wf(ctx: WorkflowContext) -> str:
+        await ctx.step("hotel", lambda: "h1", compensate=refund)
+        try:
+            await ctx.step("car", lambda: 1 / 0)
+        except Exception:
+            await ctx.run_compensation()  # the handler's own saga logic, then it goes on
+        await ctx.step("charge", lambda: "ch")
+        return await ctx.step("ship", ship)
+
+    async with make_env(wf, refund) as env:
+        failed = await env.execute(wf)
+        assert failed.status is RunStatus.FAILED and undone == ["h1"]
+        shipping["down"] = False
+        again = await env.engine.retry(failed.run_id)
+        assert again.status is RunStatus.WAITING
+        done = await env.drive(failed.run_id)
+        assert done.status is RunStatus.COMPLETED and done.output == "shipped"
+        assert undone == ["h1"]  # nothing compensated twice
