@@ -287,15 +287,26 @@ def test_bad_payloads_are_reported_and_lose_nothing(
     assert runs.wait_phase("picky", "Completed")["output"] == "cy"
 
 
-def test_the_same_payload_can_be_sent_twice(operator: Operator, runs: Runs, tmp_path: Path) -> None:
+def test_the_same_payload_twice_is_reported_a_varied_one_delivered(
+    operator: Operator, runs: Runs, tmp_path: Path
+) -> None:
     log = tmp_path / "twice.log"
     runs.apply("twice", "approval-twice", {"log": str(log)})
     runs.wait_phase("twice", "Waiting")
     runs.annotate("twice", "event.kflow.io/approved", '{"by": "dee"}')
     wait_for(lambda: lines(log) == ["first-dee"], what="the first approval")
-    wait_for(lambda: "event.kflow.io/approved" not in runs.annotations("twice"),
-             what="the first annotation to be removed")  # fmt: skip
-    runs.annotate("twice", "event.kflow.io/approved", '{"by": "dee"}')
+    wait_for(
+        lambda: "event.kflow.io/approved" not in runs.annotations("twice"),
+        what="the first annotation to be removed",
+    )
+    runs.annotate("twice", "event.kflow.io/approved", '{"by": "dee"}')  # exactly again
+    rejected = wait_for(
+        lambda: [e for e in runs.status("twice").get("events", []) if e["state"] == "rejected"],
+        what="the repeated payload reported",
+    )
+    assert "vary the payload" in rejected[0]["message"]
+    assert runs.status("twice")["phase"] == "Waiting"
+    runs.annotate("twice", "event.kflow.io/approved", '{"by": "dee", "id": 2}')
     assert runs.wait_phase("twice", "Completed")["output"] == ["dee", "dee"]
 
 

@@ -129,20 +129,3 @@ async def test_undeclared_event_is_refused_at_send(make_env) -> None:
         await env.engine.run_segment(run.run_id)
         with pytest.raises(UndeclaredNameError, match="'rejected' is not declared"):
             await env.send_event(run.run_id, "rejected", {})
-
-
-async def test_a_released_dedupe_key_delivers_the_same_payload_again(make_env) -> None:
-    @workflow(name="twice", events=["ok"])
-    async def wf(ctx: WorkflowContext) -> list[object]:
-        return [await ctx.wait_for_event("ok"), await ctx.wait_for_event("ok")]
-
-    async with make_env(wf) as env:
-        run = await env.engine.start(wf)
-        first = await env.send_event(run.run_id, "ok", True, dedupe_key="ok:same")
-        again = await env.send_event(run.run_id, "ok", True, dedupe_key="ok:same")
-        assert first.stored and again.duplicate  # a redelivery of the same annotation
-        await env.store.release_dedupe(run.run_id, "ok:same")  # its annotation is gone
-        second = await env.send_event(run.run_id, "ok", True, dedupe_key="ok:same")
-        assert second.stored
-        done = await env.drive(run.run_id)
-        assert done.output == [True, True]

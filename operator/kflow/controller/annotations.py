@@ -2,8 +2,9 @@
 
 - ``event.kflow.io/<name>: <json>`` delivers event ``<name>`` with that payload (an empty
   value is ``null``). Its dedupe key is the name and a hash of the value, so a crash
-  between storing the event and removing the annotation never delivers it twice; to
-  send the same payload again, send it after the first is gone, or vary it (an id field).
+  between storing the event and removing the annotation, or a stale watch event, never
+  delivers it twice. The price: the same payload is delivered once per run — vary it
+  (an id field) to send it again; a repeat is reported, not silently dropped.
 - ``kflow.io/cancel: <reason>``, ``kflow.io/retire: <reason>``, ``kflow.io/retry: ""``.
 
 Malformed JSON, an oversized payload or an invalid name is a `Rejected` annotation: the

@@ -84,8 +84,11 @@ class KubeApi:
             async with self._session.request(
                 method,
                 self._host + path,
-                data=json.dumps(body),
-                headers={"Content-Type": content_type, **self._token.headers()},
+                data=None if body is None else json.dumps(body),
+                headers={
+                    **({"Content-Type": content_type} if body is not None else {}),
+                    **self._token.headers(),
+                },
             ) as response:
                 text = await response.text()
                 status = response.status
@@ -98,6 +101,10 @@ class KubeApi:
     @staticmethod
     def _run_path(namespace: str, name: str) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowruns/{name}"
+
+    async def get_run(self, namespace: str, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self._send("GET", self._run_path(namespace, name), None, "")
+        return body
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a WorkflowRun's status subresource."""

@@ -155,7 +155,4 @@ class StatusMirror:
                 return
             raise
         self.patches += 1
-        if run.status.is_terminal:  # nothing will change it: keep no copy in memory
-            self._last.pop(run_id, None)
-        else:
-            self._last[run_id] = status
+        self._last[run_id] = status

@@ -83,6 +83,7 @@ class Controller:
             max_output_bytes=settings.max_status_output_bytes,
         )
         self._actions: set[asyncio.Task[None]] = set()
+        self._retries: dict[str, asyncio.TimerHandle] = {}
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
@@ -168,6 +169,9 @@ class Controller:
             raise
         self.timers.cancel(run_id)
         self.mirror.forget(run_id)
+        pending = self._retries.pop(ref.uid, None)
+        if pending is not None:
+            pending.cancel()
         self._refs.pop(run_id, None)
         self._workflows.pop(run_id, None)
         self._event_at.pop(run_id, None)
@@ -226,9 +230,30 @@ class Controller:
                     await self._act(ref, item)
         except (TransientError, ApiError, OSError) as exc:
             log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
-            asyncio.get_running_loop().call_later(
-                ANNOTATION_RETRY, lambda: self._spawn(self.annotations(ref, annotations))
-            )
+            self._retry_annotations(ref)
+
+    def _retry_annotations(self, ref: RunRef) -> None:
+        """One pending retry per object; it reads the annotations as they are *then*, so a
+        pass that another one overtook does nothing twice."""
+        pending = self._retries.pop(ref.uid, None)
+        if pending is not None:
+            pending.cancel()
+
+        async def again() -> None:
+            self._retries.pop(ref.uid, None)
+            try:
+                body = await self._kube.get_run(ref.namespace, ref.name)
+            except (ApiError, OSError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 404:
+                    return  # the WorkflowRun is gone
+                self._retry_annotations(ref)
+                return
+            current = dict(body.get("metadata", {}).get("annotations") or {})
+            await self.annotations(ref, current)
+
+        self._retries[ref.uid] = asyncio.get_running_loop().call_later(
+            ANNOTATION_RETRY, lambda: self._spawn(again())
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -254,19 +279,33 @@ class Controller:
             self._event_at[run_id] = time.monotonic()
             self.executor.submit(run_id)
         self.mirror.touch(run_id)
-        if await self._kube.remove_annotation(ref.namespace, ref.name, event.key, event.value):
-            # Gone from the object: the same payload may be sent again as a new event.
-            await self.engine.store.release_dedupe(run_id, event.dedupe_key)
+        removed = await self._kube.remove_annotation(
+            ref.namespace, ref.name, event.key, event.value
+        )
+        if sent.duplicate and removed:
+            # Delivery is exactly once per name and payload: a stale watch event finds
+            # the annotation gone already; one still there was sent again on purpose.
+            await self._report_rejected(
+                ref, event.name,
+                f"event {event.name!r} with this exact payload was delivered before; "
+                "vary the payload (an id field) to send it again",
+            )  # fmt: skip
 
     async def _reject(self, ref: RunRef, key: str, value: str, name: str, reason: str) -> None:
+        await self._report_rejected(ref, name, reason, event_text=f"{key}: {reason}")
+        await self._kube.remove_annotation(ref.namespace, ref.name, key, value)
+
+    async def _report_rejected(
+        self, ref: RunRef, name: str, reason: str, *, event_text: str | None = None
+    ) -> None:
+        """A refused event: in the run's status (``events[]``) and as a Warning Event."""
         run_id = uuid.UUID(ref.uid)
         rejected = self.mirror.rejected.setdefault(run_id, [])
         rejected.append(
             EventDelivery.model_validate({"name": name, "state": "rejected", "message": reason})
         )
         del rejected[:-MAX_EVENTS]
-        await self._event(ref, "Warning", "EventRejected", f"{key}: {reason}")
-        await self._kube.remove_annotation(ref.namespace, ref.name, key, value)
+        await self._event(ref, "Warning", "EventRejected", event_text or reason)
         self.mirror.touch(run_id)
 
     async def _act(self, ref: RunRef, action: Action) -> None:

@@ -470,15 +470,6 @@ class Store:
         )
 
     @_wrap_errors
-    async def release_dedupe(self, run_id: uuid.UUID, dedupe_key: str) -> None:
-        """Forget an event's dedupe key, so the same key can deliver a new event."""
-        await self.pool.execute(
-            "UPDATE events SET dedupe_key = NULL WHERE run_id = $1 AND dedupe_key = $2",
-            run_id,
-            dedupe_key,
-        )
-
-    @_wrap_errors
     async def list_events(self, run_id: uuid.UUID) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT id, name, payload, dedupe_key, received_at, consumed_by, consumed_at"
