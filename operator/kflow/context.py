@@ -9,14 +9,15 @@ continuing on state the database has not seen.
 
 Step keys: the first call of a step name is keyed by the name, later calls of the same
 name in one run by ``name#2``, ``name#3``... in call order; calls from tasks the handler
-starts are numbered per task (``name#t<k>.<n>``), so concurrent branches keep their keys
-whatever the interleaving (see `_next_key`). Pass ``key=`` for data-driven loops
+starts are numbered per task (``name#t<path>-<n>``), so concurrent branches keep their keys
+whatever the interleaving (see `_next_key` and docs/concepts.md). Pass ``key=`` for data-driven loops
 (``ctx.step("charge", f, key=item.id)``) so that keys do not depend on iteration order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,21 @@ __all__ = ["SegmentEnded", "Services", "Suspended", "WorkflowContext"]
 T = TypeVar("T")
 _MISSING: Any = object()
 _DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
+
+
+@dataclass(eq=False)
+class _Scope:
+    """Where a task's kflow calls are numbered: the handler's task, or a task it started."""
+
+    owner: object
+    task: asyncio.Task[Any] | None
+    path: str
+    children: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("kflow_scope", default=None)
+"""The scope of the running task; tasks inherit their creator's at creation."""
 
 
 class Suspended(BaseException):
@@ -134,9 +150,7 @@ class WorkflowContext(EnvAccess):
         self._steps = {s.key: s for s in history}
         self._state = dict(saved_state)
         self._seq = max((s.seq or 0 for s in history), default=0)
-        self._occurrences: dict[tuple[str, str], int] = {}
-        self._root_task = asyncio.current_task()
-        self._task_scopes: dict[asyncio.Task[Any], str] = {}
+        self._root = _Scope(owner=self, task=asyncio.current_task(), path="")
         self._time = self.started_at
         self._suspend: SuspendReason | None = None
         self._poison: PersistenceError | None = None
@@ -205,24 +219,37 @@ class WorkflowContext(EnvAccess):
         return self._seq
 
     def _next_key(self, name: str, *, first_bare: bool = True) -> str:
-        """The key of the next call of ``name``: numbered per task, so that concurrent
-        branches keep their keys when a replay runs them in another interleaving.
+        """The key of the next call of ``name``, numbered within the calling task's scope.
 
         In the handler's own task: ``name``, ``name#2``... (``name#1`` first when not
-        ``first_bare``). In the k-th task the handler started (by first kflow call, which
-        is task start order when each branch calls kflow before awaiting anything else):
-        ``name#t<k>.<n>``."""
-        task = asyncio.current_task()
-        scope = ""
-        if task is not None and task is not self._root_task:
-            scope = self._task_scopes.get(task, "")
-            if not scope:
-                scope = self._task_scopes[task] = f"t{len(self._task_scopes) + 1}"
-        n = self._occurrences.get((scope, name), 0) + 1
-        self._occurrences[(scope, name)] = n
-        if scope:
-            return f"{name}#{scope}.{n}"
+        ``first_bare``). A task the handler (or one of its tasks) started gets, at its
+        first kflow call, the scope ``<parent>.<k>``: the k-th of its parent's tasks to
+        call kflow, its parent being the scope it inherited when it was created. Keys
+        there are ``name#t<scope>-<n>``. Sibling tasks started together (one ``gather``)
+        make their first call in start order, so keys do not depend on how a replay,
+        where completed steps return at once, interleaves the branches."""
+        scope = self._scope()
+        n = scope.counts.get(name, 0) + 1
+        scope.counts[name] = n
+        if scope.path:
+            return f"{name}#t{scope.path}-{n}"
         return name if n == 1 and first_bare else f"{name}#{n}"
+
+    def _scope(self) -> _Scope:
+        task = asyncio.current_task()
+        inherited = _SCOPE.get()
+        if inherited is not None and inherited.owner is not self:
+            inherited = None  # left in this task's context by an earlier segment
+        if inherited is not None and inherited.task is task:
+            return inherited
+        if task is self._root.task:
+            return self._root
+        parent = inherited or self._root
+        parent.children += 1
+        path = f"{parent.path}.{parent.children}" if parent.path else str(parent.children)
+        scope = _Scope(owner=self, task=task, path=path)
+        _SCOPE.set(scope)
+        return scope
 
     def _declared(self, kind: str, name: str) -> None:
         if self._definition is None:

@@ -113,7 +113,7 @@ async def test_concurrent_steps_replay_deterministically(make_env, counter) -> N
         assert outcome.output == ["w0", "w1", "w2", "w3", "w4"]
         assert counter == {f"w{i}": 1 for i in range(5)}
         steps = {s.key: s.result for s in await env.history(outcome.run_id) if s.name == "work"}
-        assert steps == {f"work#t{i + 1}.1": f"w{i}" for i in range(5)}  # keyed per task
+        assert steps == {f"work#t{i + 1}-1": f"w{i}" for i in range(5)}  # keyed per task
 
 
 async def test_concurrent_branches_of_several_steps_keep_their_results(make_env) -> None:
@@ -351,3 +351,41 @@ async def test_slow_steps_are_recorded_as_running_fast_ones_are_not(make_env) ->
             ("slow", StepStatus.RUNNING),
             ("slow", StepStatus.COMPLETED),
         ]
+
+
+async def test_nested_concurrency_keeps_every_result_in_place(make_env) -> None:
+    ran: list[str] = []
+
+    def make(label: str):  # type: ignore[no-untyped-def]
+        async def run() -> str:
+            ran.append(label)
+            await asyncio.sleep(0.01)
+            return label
+
+        return run
+
+    @workflow(name="nested", steps=["a1", "a2", "b1", "x"])
+    async def wf(ctx: WorkflowContext) -> list[object]:
+        async def leaf(label: str) -> str:
+            return await ctx.step("x", make(label))
+
+        async def a() -> list[str]:
+            await ctx.step("a1", make("a1"))
+            await ctx.step("a2", make("a2"))
+            return list(await asyncio.gather(leaf("C1"), leaf("C2")))
+
+        async def b() -> list[str]:
+            await ctx.step("b1", make("b1"))
+            async with asyncio.TaskGroup() as group:
+                d1 = group.create_task(leaf("D1"))
+                d2 = group.create_task(leaf("D2"))
+            return [d1.result(), d2.result()]
+
+        result = await asyncio.gather(a(), b())
+        await ctx.sleep(timedelta(minutes=1))  # the replay after it runs branches in turn
+        return list(result)
+
+    async with make_env(wf) as env:
+        outcome = await env.execute(wf)
+        assert outcome.output == [["C1", "C2"], ["D1", "D2"]]
+        assert sorted(ran) == ["C1", "C2", "D1", "D2", "a1", "a2", "b1"]  # each once
