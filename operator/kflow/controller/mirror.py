@@ -25,11 +25,11 @@ from kflow.engine import Engine
 from kflow.errors import RunNotFound, TransientError
 from kflow.resources import EventDelivery, WorkflowRunStatus
 
-__all__ = ["RunRef", "StatusMirror"]
+__all__ = ["PERMANENT", "RunRef", "StatusMirror"]
 
 log = logging.getLogger(__name__)
 
-_PERMANENT = {400, 403, 422}
+PERMANENT = {400, 403, 422}
 """API answers that the same PATCH will get again."""
 
 _TOP_LEVEL = [field.alias or name for name, field in WorkflowRunStatus.model_fields.items()]
@@ -104,7 +104,7 @@ class StatusMirror:
                 try:
                     await self.flush(run_id)
                 except ApiError as exc:
-                    if exc.status in _PERMANENT:  # retrying the same PATCH cannot help
+                    if exc.status in PERMANENT:  # retrying the same PATCH cannot help
                         log.error("status of run %s refused: %s", run_id, exc)
                         continue
                     log.warning("status of run %s not mirrored yet: %s", run_id, exc)

@@ -21,7 +21,7 @@ from kflow.controller.annotations import Action, EventAnnotation, Rejected, pars
 from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
-from kflow.controller.mirror import RunRef, StatusMirror
+from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
 from kflow.controller.status import MAX_EVENTS
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
@@ -228,7 +228,14 @@ class Controller:
                     await self._reject(ref, item.key, item.value, item.name, item.reason)
                 else:
                     await self._act(ref, item)
-        except (TransientError, ApiError, OSError) as exc:
+        except ApiError as exc:
+            if exc.status in PERMANENT:  # the same request would be refused again
+                log.error("annotations of %s/%s: %s", ref.namespace, ref.name, exc)
+                await self._event(ref, "Warning", "AnnotationFailed", str(exc))
+                return
+            log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
+            self._retry_annotations(ref)
+        except (TransientError, OSError) as exc:
             log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
             self._retry_annotations(ref)
 
