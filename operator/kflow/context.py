@@ -9,9 +9,10 @@ continuing on state the database has not seen.
 
 Step keys: the first call of a step name is keyed by the name, later calls of the same
 name in one run by ``name#2``, ``name#3``... in call order; calls from tasks the handler
-starts are numbered per task (``name#t<path>-<n>``), so concurrent branches keep their keys
-whatever the interleaving (see `_next_key` and docs/concepts.md). Pass ``key=`` for data-driven loops
-(``ctx.step("charge", f, key=item.id)``) so that keys do not depend on iteration order.
+starts are numbered per task (``name#t<path>-<n>``), so concurrent branches keep their
+keys whatever the interleaving (see `_next_key` and docs/concepts.md). Pass ``key=`` for
+data-driven loops (``ctx.step("charge", f, key=item.id)``) so that keys do not depend on
+iteration order.
 """
 
 from __future__ import annotations
