@@ -164,10 +164,6 @@ class Compensations:
             outcomes.append((state.key, error is None))
         return outcomes
 
-    def forget(self) -> None:
-        """Drop this run's closures (the run has finished)."""
-        self._closures.pop(self._run_id, None)
-
 
 def _as_coroutine(fn: Callable[[], Any]) -> Compensate:
     async def call() -> None:

@@ -125,6 +125,8 @@ async def test_handler_runs_its_own_compensation_on_failure(make_env) -> None:
         await ctx.step("a", lambda: {"id": "A"}, compensate=refund)
         await ctx.step("b", lambda: "B", compensate=("unbook", "B", 1))
         assert ctx.has_compensation("a") and ctx.has_compensation("b")
+        assert ctx.get_compensation_handler("a") is not None
+        assert sorted(ctx.compensation_handlers()) == ["a", "b"]
         assert ctx.completed_steps_reversed() == ["b", "a"]
         try:
             await ctx.step("c", lambda: 1 / 0)

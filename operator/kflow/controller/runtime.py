@@ -337,11 +337,3 @@ class Controller:
 
     def knows(self, ref: RunRef) -> bool:
         return uuid.UUID(ref.uid) in self._refs
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "runs": len(self._refs),
-            "timers": len(self.timers),
-            "segments_running": self.executor.busy,
-            "status_patches": self.mirror.patches,
-        }

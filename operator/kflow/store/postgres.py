@@ -231,18 +231,6 @@ class Store:
         return run_from_row(row)
 
     @_wrap_errors
-    async def due_runs(self, now: datetime, *, limit: int = 100) -> list[uuid.UUID]:
-        """Runs an executor should advance: created, or waiting with a passed wake time."""
-        rows = await self.pool.fetch(
-            """SELECT run_id FROM runs
-               WHERE status = 'Created' OR (status = 'Waiting' AND wake_at <= $1)
-               ORDER BY COALESCE(wake_at, created_at) LIMIT $2""",
-            now,
-            limit,
-        )
-        return [r["run_id"] for r in rows]
-
-    @_wrap_errors
     async def acquire_lease(
         self,
         run_id: uuid.UUID,
