@@ -79,7 +79,17 @@ class OperatorSettings(StoreSettings):
     """Segments the inline executor runs at once."""
 
     default_executor: Literal["inline", "pod"] = "inline"
-    """Executor for Workflows that do not choose one."""
+    """Executor for Workflows that do not choose one. Only ``inline`` runs today: ``pod``
+    is refused at start-up until the pod executor lands."""
+
+    @model_validator(mode="after")
+    def _executor_available(self) -> OperatorSettings:
+        if self.default_executor == "pod":
+            raise ValueError(
+                "KFLOW_DEFAULT_EXECUTOR=pod: the pod executor is not available yet; "
+                "use inline (the default)"
+            )
+        return self
 
     status_interval: Duration = timedelta(milliseconds=500)
     """At most one status PATCH per run per interval while its steps are fast."""
