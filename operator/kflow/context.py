@@ -27,14 +27,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import ValidationError
 
 from kflow.clock import Clock
 from kflow.compensations import Closures, Compensations
 from kflow.env import EnvAccess, EnvProvider
 from kflow.errors import (
-    EventPayloadError,
-    EventTimeout,
     KflowError,
     NonRetryable,
     PersistenceError,
@@ -55,8 +52,9 @@ from kflow.models import (
     SuspendReason,
 )
 from kflow.retry import NO_RETRY, RetryPolicy
-from kflow.serde import decode, describe_validation_error, encode
+from kflow.serde import decode, encode
 from kflow.store import Database, Store
+from kflow.waits import Waits
 from kflow.workflow import (
     Registry,
     WorkflowDefinition,
@@ -159,6 +157,7 @@ class WorkflowContext(EnvAccess):
         self._persist_start = services.persist_step_start
         self._http_timeout: float | None = None
         self.kv = KvHandle(services.store, namespace=run.workflow_name, clock=services.clock)
+        self._waits = Waits(self)
         self.compensations = Compensations(
             run_id=run.run_id,
             steps=self._steps,
@@ -474,60 +473,15 @@ class WorkflowContext(EnvAccess):
         """Compensate completed steps in reverse completion order; ``[(step, ok)]``."""
         return await self.compensations.run()
 
-    # -- sleeps --------------------------------------------------------------------
+    # -- sleeps and event waits (kflow.waits) -----------------------------------------
 
     async def sleep(self, duration: timedelta) -> None:
         """Suspend for ``duration``; the wake time is persisted, the executor resumes the run."""
-        self._guard(new_work=True)
-        key = self._next_key("@sleep", first_bare=False)
-        state = self._steps.get(key)
-        if state is None:
-            if duration <= timedelta(0):
-                return
-            await self._start_sleep(key, self._svc.clock.now() + duration)
-        else:
-            await self._finish_sleep(state)
+        await self._waits.sleep(duration)
 
     async def sleep_until(self, wake_at: datetime) -> None:
         """Suspend until ``wake_at``; returns at once if that has passed."""
-        self._guard(new_work=True)
-        key = self._next_key("@sleep", first_bare=False)
-        state = self._steps.get(key)
-        if state is None:
-            if wake_at <= self._svc.clock.now():
-                self._reach(wake_at)
-                return
-            await self._start_sleep(key, wake_at)
-        else:
-            await self._finish_sleep(state)
-
-    async def _start_sleep(self, key: str, wake_at: datetime) -> None:
-        now = self._svc.clock.now()
-        await self._write(
-            StepState(
-                key=key,
-                name="sleep",
-                kind=StepKind.SLEEP,
-                status=StepStatus.WAITING,
-                attempts=1,
-                started_at=now,
-                wake_at=wake_at,
-                seq=self._next_seq(),
-            )
-        )
-        raise self._suspending(SuspendReason(SuspendKind.SLEEP, key, wake_at))
-
-    async def _finish_sleep(self, state: StepState) -> None:
-        assert state.wake_at is not None
-        if self._svc.clock.now() < state.wake_at:
-            raise self._suspending(SuspendReason(SuspendKind.SLEEP, state.key, state.wake_at))
-        if state.status == StepStatus.WAITING:  # first pass after waking: show it as done
-            await self._write(
-                replace(state, status=StepStatus.COMPLETED, completed_at=state.wake_at)
-            )
-        self._reach(state.wake_at)
-
-    # -- events --------------------------------------------------------------------
+        await self._waits.sleep_until(wake_at)
 
     async def wait_for_event(
         self, name: str, *, timeout: timedelta | None = None, type: Any = None
@@ -537,49 +491,7 @@ class WorkflowContext(EnvAccess):
         Suspends until it arrives; raises `EventTimeout` after ``timeout`` and
         `EventPayloadError` (naming the field) when the payload does not parse as ``type``.
         """
-        self._guard(new_work=True)
-        self._declared("event", name)
-        key = self._next_key(f"@event:{name}", first_bare=False)
-        state = self._steps.get(key)
-        if state is not None and state.status == StepStatus.COMPLETED:
-            self._reach(state.completed_at)
-            return _parse_event(name, state.result, type)
-        if state is not None and state.status == StepStatus.FAILED:
-            self._reach(state.completed_at)
-            raise EventTimeout(state.error or f"event {name!r} timed out")
-        now = self._svc.clock.now()
-        seq = self._next_seq()
-        try:
-            found, payload = await self._svc.store.consume_event(
-                self.run_id, self._epoch, name=name, wait_key=key, now=now, seq=seq
-            )
-        except PersistenceError as exc:
-            self._poison = exc
-            raise
-        if found:
-            self._recorded(StepState(
-                key=key, name=name, kind=StepKind.EVENT, status=StepStatus.COMPLETED,
-                attempts=1, result=payload, started_at=now, completed_at=now, seq=seq,
-            ))  # fmt: skip
-            self._reach(now)
-            return _parse_event(name, payload, type)
-        deadline = state.wake_at if state is not None else (now + timeout if timeout else None)
-        if deadline is not None and now >= deadline:
-            message = f"event {name!r} did not arrive by {deadline.isoformat()}"
-            base = state or StepState(key=key, name=name, kind=StepKind.EVENT, started_at=now)
-            await self._write(
-                replace(base, status=StepStatus.FAILED, error=message, completed_at=now)
-            )
-            self._reach(now)
-            raise EventTimeout(message)
-        if state is None:
-            await self._write(
-                StepState(
-                    key=key, name=name, kind=StepKind.EVENT, status=StepStatus.WAITING,
-                    attempts=1, started_at=now, wake_at=deadline, seq=seq,
-                )
-            )  # fmt: skip
-        raise self._suspending(SuspendReason(SuspendKind.EVENT, key, deadline, event=name))
+        return await self._waits.wait_for_event(name, timeout=timeout, type=type)
 
     # -- saved state ---------------------------------------------------------------
 
@@ -667,13 +579,3 @@ async def _invoke(
     except TypeError as exc:
         raise _ResultNotJSON(str(exc)) from exc
     return (result if rtype is not None else encoded), encoded
-
-
-def _parse_event(name: str, payload: Any, tp: Any) -> Any:
-    try:
-        return decode(payload, tp)
-    except ValidationError as exc:
-        raise EventPayloadError(
-            f"event {name!r}: payload does not match {getattr(tp, '__name__', tp)}: "
-            f"{describe_validation_error(exc)}"
-        ) from exc

@@ -1,0 +1,143 @@
+"""Sleeps and event waits of a `WorkflowContext`: persisted wake times and the run's inbox.
+
+A sleep records its wake time and suspends; the replay after the wake time passes it. A
+wait consumes the oldest pending event of its name atomically with recording itself as
+done (one statement), records a deadline when it has to suspend, and a timeout when the
+deadline passes first, so a replay sees the same outcome whatever arrives later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from kflow.errors import EventPayloadError, EventTimeout, PersistenceError
+from kflow.models import StepKind, StepState, StepStatus, SuspendKind, SuspendReason
+from kflow.serde import decode, describe_validation_error
+
+if TYPE_CHECKING:
+    from kflow.context import WorkflowContext
+
+__all__ = ["Waits"]
+
+
+class Waits:
+    """The sleeps and event waits of one context (its friend: it uses its internals).
+    The public methods, documented, are `WorkflowContext`'s, which delegate here."""
+
+    def __init__(self, ctx: WorkflowContext) -> None:
+        self._ctx = ctx
+
+    async def sleep(self, duration: timedelta) -> None:
+        ctx = self._ctx
+        ctx._guard(new_work=True)
+        key = ctx._next_key("@sleep", first_bare=False)
+        state = ctx._steps.get(key)
+        if state is None:
+            if duration <= timedelta(0):
+                return
+            await self._start_sleep(key, ctx._svc.clock.now() + duration)
+        else:
+            await self._finish_sleep(state)
+
+    async def sleep_until(self, wake_at: datetime) -> None:
+        ctx = self._ctx
+        ctx._guard(new_work=True)
+        key = ctx._next_key("@sleep", first_bare=False)
+        state = ctx._steps.get(key)
+        if state is None:
+            if wake_at <= ctx._svc.clock.now():
+                ctx._reach(wake_at)
+                return
+            await self._start_sleep(key, wake_at)
+        else:
+            await self._finish_sleep(state)
+
+    async def _start_sleep(self, key: str, wake_at: datetime) -> None:
+        ctx = self._ctx
+        now = ctx._svc.clock.now()
+        await ctx._write(
+            StepState(
+                key=key,
+                name="sleep",
+                kind=StepKind.SLEEP,
+                status=StepStatus.WAITING,
+                attempts=1,
+                started_at=now,
+                wake_at=wake_at,
+                seq=ctx._next_seq(),
+            )
+        )
+        raise ctx._suspending(SuspendReason(SuspendKind.SLEEP, key, wake_at))
+
+    async def _finish_sleep(self, state: StepState) -> None:
+        ctx = self._ctx
+        assert state.wake_at is not None
+        if ctx._svc.clock.now() < state.wake_at:
+            raise ctx._suspending(SuspendReason(SuspendKind.SLEEP, state.key, state.wake_at))
+        if state.status == StepStatus.WAITING:  # first pass after waking: show it as done
+            await ctx._write(
+                replace(state, status=StepStatus.COMPLETED, completed_at=state.wake_at)
+            )
+        ctx._reach(state.wake_at)
+
+    async def wait_for_event(
+        self, name: str, *, timeout: timedelta | None = None, type: Any = None
+    ) -> Any:
+        ctx = self._ctx
+        ctx._guard(new_work=True)
+        ctx._declared("event", name)
+        key = ctx._next_key(f"@event:{name}", first_bare=False)
+        state = ctx._steps.get(key)
+        if state is not None and state.status == StepStatus.COMPLETED:
+            ctx._reach(state.completed_at)
+            return _parse_event(name, state.result, type)
+        if state is not None and state.status == StepStatus.FAILED:
+            ctx._reach(state.completed_at)
+            raise EventTimeout(state.error or f"event {name!r} timed out")
+        now = ctx._svc.clock.now()
+        seq = ctx._next_seq()
+        try:
+            found, payload = await ctx._svc.store.consume_event(
+                ctx.run_id, ctx._epoch, name=name, wait_key=key, now=now, seq=seq
+            )
+        except PersistenceError as exc:
+            ctx._poison = exc
+            raise
+        if found:
+            ctx._recorded(StepState(
+                key=key, name=name, kind=StepKind.EVENT, status=StepStatus.COMPLETED,
+                attempts=1, result=payload, started_at=now, completed_at=now, seq=seq,
+            ))  # fmt: skip
+            ctx._reach(now)
+            return _parse_event(name, payload, type)
+        deadline = state.wake_at if state is not None else (now + timeout if timeout else None)
+        if deadline is not None and now >= deadline:
+            message = f"event {name!r} did not arrive by {deadline.isoformat()}"
+            base = state or StepState(key=key, name=name, kind=StepKind.EVENT, started_at=now)
+            await ctx._write(
+                replace(base, status=StepStatus.FAILED, error=message, completed_at=now)
+            )
+            ctx._reach(now)
+            raise EventTimeout(message)
+        if state is None:
+            await ctx._write(
+                StepState(
+                    key=key, name=name, kind=StepKind.EVENT, status=StepStatus.WAITING,
+                    attempts=1, started_at=now, wake_at=deadline, seq=seq,
+                )
+            )  # fmt: skip
+        raise ctx._suspending(SuspendReason(SuspendKind.EVENT, key, deadline, event=name))
+
+
+def _parse_event(name: str, payload: Any, tp: Any) -> Any:
+    try:
+        return decode(payload, tp)
+    except ValidationError as exc:
+        raise EventPayloadError(
+            f"event {name!r}: payload does not match {getattr(tp, '__name__', tp)}: "
+            f"{describe_validation_error(exc)}"
+        ) from exc
