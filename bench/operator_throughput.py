@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,15 +151,32 @@ async def raw_writes(b: Bench, m: int) -> Throughput:
     return Throughput(m / elapsed, cpu, writes=2.0)
 
 
-async def operator_run(b: Bench, kind: str, m: int, *, profile: Path | None = None) -> Throughput:
-    """``m`` objects through an operator (``kind``: kopf or kflow) until all are done."""
-    ns = b.namespace(kind)
+@contextlib.asynccontextmanager
+async def _scenario(
+    b: Bench, label: str, operator: Callable[[str], Process]
+) -> AsyncIterator[tuple[str, Process, PhaseWatch]]:
+    """A fresh namespace, its operator process and a phase watch, all removed after."""
+    ns = b.namespace(label)
     await b.api.create_namespace(ns)
-    proc = (b.kopf(ns) if kind == "kopf" else b.kflow(ns, profile=profile)).start()
+    proc = operator(ns).start()
     watch = PhaseWatch(b.api, ns)
     await watch.start()
-    done = "Done" if kind == "kopf" else "Completed"
     try:
+        yield ns, proc, watch
+    finally:
+        proc.stop()
+        await watch.stop()
+        await b.api.delete_all(ns)
+
+
+async def operator_run(b: Bench, kind: str, m: int, *, profile: Path | None = None) -> Throughput:
+    """``m`` objects through an operator (``kind``: kopf or kflow) until all are done."""
+    done = "Done" if kind == "kopf" else "Completed"
+
+    def operator(ns: str) -> Process:
+        return b.kopf(ns) if kind == "kopf" else b.kflow(ns, profile=profile)
+
+    async with _scenario(b, kind, operator) as (ns, proc, watch):
         roots, client0 = {**b.servers(), "operator": proc.pid}, time.process_time()
         cpu0, start = cpu_seconds(roots), time.perf_counter()
         await asyncio.gather(*(b.api.create_run(ns, f"r{i}", "bench-three", {}) for i in range(m)))
@@ -170,10 +188,6 @@ async def operator_run(b: Bench, kind: str, m: int, *, profile: Path | None = No
         writes = watch.writes / m
         if watch.reconnects:
             print(f"  ({ns}: the watch was reconnected {watch.reconnects} time(s))")
-    finally:
-        proc.stop()
-        await watch.stop()
-    await b.api.delete_all(ns)
     return Throughput(m / elapsed, cpu, writes)
 
 
@@ -186,12 +200,7 @@ def _per_object(before: dict[str, float], after: dict[str, float], m: int) -> di
 
 async def event_latency(b: Bench, n: int, rate: float) -> list[float]:
     """Seconds from each ``annotate`` request to ``Completed`` seen on the watch."""
-    ns = b.namespace("events")
-    await b.api.create_namespace(ns)
-    proc = b.kflow(ns).start()
-    watch = PhaseWatch(b.api, ns)
-    await watch.start()
-    try:
+    async with _scenario(b, "events", b.kflow) as (ns, _, watch):
         await asyncio.gather(*(b.api.create_run(ns, f"e{i}", "bench-event", {}) for i in range(n)))
         await watch.until("Waiting", n, timeout=60 + n / 5)
         await asyncio.sleep(1.0)  # let the last coalesced status writes land
@@ -204,10 +213,6 @@ async def event_latency(b: Bench, n: int, rate: float) -> list[float]:
         await asyncio.gather(*tasks)
         await watch.until("Completed", n, timeout=60)
         return [_seen(watch, name, "Completed", after=t) - t for name, t in sent.items()]
-    finally:
-        proc.stop()
-        await watch.stop()
-        await b.api.delete_all(ns)
 
 
 def _seen(watch: PhaseWatch, name: str, phase: str, *, after: float) -> float:
@@ -226,12 +231,7 @@ class Lateness:
 
 
 async def timer_lateness(b: Bench, n: int, lead: float) -> Lateness:
-    ns = b.namespace("timers")
-    await b.api.create_namespace(ns)
-    proc = b.kflow(ns).start()
-    watch = PhaseWatch(b.api, ns)
-    await watch.start()
-    try:
+    async with _scenario(b, "timers", b.kflow) as (ns, _, watch):
         start = time.time()
         wake = start + lead
         at = datetime.fromtimestamp(wake, UTC).isoformat()
@@ -248,10 +248,6 @@ async def timer_lateness(b: Bench, n: int, lead: float) -> Lateness:
         completed = [_seen(watch, f"s{i}", "Completed", after=wake) - wake for i in range(n)]
         before = sum(t < wake for t in parked)
         return Lateness(resumed, completed, before, max(parked) - start)
-    finally:
-        proc.stop()
-        await watch.stop()
-        await b.api.delete_all(ns)
 
 
 # -- the run ---------------------------------------------------------------------------
