@@ -8,6 +8,7 @@ deadline passes first, so a replay sees the same outcome whatever arrives later.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,29 +33,30 @@ class Waits:
         self._ctx = ctx
 
     async def sleep(self, duration: timedelta) -> None:
-        ctx = self._ctx
-        ctx._guard(new_work=True)
-        key = ctx._next_key("@sleep", first_bare=False)
-        state = ctx._steps.get(key)
-        if state is None:
-            if duration <= timedelta(0):
-                return
-            await self._start_sleep(key, ctx._svc.clock.now() + duration)
-        else:
-            await self._finish_sleep(state)
+        await self._sleep(lambda now: now + duration if duration > timedelta(0) else None)
 
     async def sleep_until(self, wake_at: datetime) -> None:
+        def wake(now: datetime) -> datetime | None:
+            if wake_at <= now:
+                self._ctx._reach(wake_at)  # a fixed time: the same on every replay
+                return None
+            return wake_at
+
+        await self._sleep(wake)
+
+    async def _sleep(self, wake_after: Callable[[datetime], datetime | None]) -> None:
+        """Pass a recorded sleep, or record a new one at ``wake_after(now)`` and suspend
+        (``None``: nothing to wait for; the call still takes its key)."""
         ctx = self._ctx
         ctx._guard(new_work=True)
         key = ctx._next_key("@sleep", first_bare=False)
         state = ctx._steps.get(key)
-        if state is None:
-            if wake_at <= ctx._svc.clock.now():
-                ctx._reach(wake_at)
-                return
-            await self._start_sleep(key, wake_at)
-        else:
+        if state is not None:
             await self._finish_sleep(state)
+            return
+        wake_at = wake_after(ctx._svc.clock.now())
+        if wake_at is not None:
+            await self._start_sleep(key, wake_at)
 
     async def _start_sleep(self, key: str, wake_at: datetime) -> None:
         ctx = self._ctx

@@ -135,6 +135,13 @@ class Runs:
             what=f"{name} to reach {phase}",
         )
 
+    def rejected(self, name: str) -> list[dict[str, Any]]:
+        """Wait for, and return, the events the run's status reports as rejected."""
+        return wait_for(  # type: ignore[no-any-return]
+            lambda: [e for e in self.status(name).get("events", []) if e["state"] == "rejected"],
+            what=f"a rejected event in the status of {name}",
+        )
+
     def annotations(self, name: str) -> dict[str, str]:
         return dict(self.get(name)["metadata"].get("annotations") or {})
 
@@ -261,10 +268,7 @@ def test_events_by_annotation_before_and_after_the_wait(
 
     # After the end: reported, not silently dropped.
     runs.annotate("before", "event.kflow.io/approved", '{"by": "late"}')
-    late = wait_for(
-        lambda: [e for e in runs.status("before").get("events", []) if e["state"] == "rejected"],
-        what="the late event reported as rejected",
-    )
+    late = runs.rejected("before")
     assert "the run is Completed" in late[0]["message"]
     assert "event.kflow.io/approved" not in runs.annotations("before")
 
@@ -276,10 +280,7 @@ def test_bad_payloads_are_reported_and_lose_nothing(
     runs.apply("picky", "approval", {"log": str(log)})
     runs.wait_phase("picky", "Waiting")
     runs.annotate("picky", "event.kflow.io/approved", "{not json")
-    rejected = wait_for(
-        lambda: [e for e in runs.status("picky").get("events", []) if e["state"] == "rejected"],
-        what="the rejected event in the status",
-    )
+    rejected = runs.rejected("picky")
     assert "not JSON" in rejected[0]["message"]
     assert any(e.startswith("EventRejected") for e in runs.events("picky"))
     assert runs.status("picky")["phase"] == "Waiting"
@@ -300,10 +301,7 @@ def test_the_same_payload_twice_is_reported_a_varied_one_delivered(
         what="the first annotation to be removed",
     )
     runs.annotate("twice", "event.kflow.io/approved", '{"by": "dee"}')  # exactly again
-    rejected = wait_for(
-        lambda: [e for e in runs.status("twice").get("events", []) if e["state"] == "rejected"],
-        what="the repeated payload reported",
-    )
+    rejected = runs.rejected("twice")
     assert "vary the payload" in rejected[0]["message"]
     assert runs.status("twice")["phase"] == "Waiting"
     runs.annotate("twice", "event.kflow.io/approved", '{"by": "dee", "id": 2}')
