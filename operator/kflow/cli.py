@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         "runner", help="advance one run by one segment and exit (a segment Pod's entry point)"
     )
     runner.add_argument("--run", required=True, help="the run's id (its WorkflowRun's uid)")
+    runner.add_argument(
+        "--steal",
+        action="store_true",
+        help="take the lease even if held (the operator knows the holder is dead)",
+    )
     crds = commands.add_parser("crds", help="write the CRD manifests")
     crds.add_argument("folder", type=Path, nargs="?", default=Path("crds"))
     args = parser.parse_args(argv)
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runner":
         from kflow.runner import main as runner_main
 
-        return runner_main(args.run)
+        return runner_main(args.run, steal=args.steal)
     if args.command == "crds":
         from kflow.resources import write_crds
 

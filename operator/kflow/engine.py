@@ -139,10 +139,13 @@ class Engine:
         tenant_id: uuid.UUID | None = None,
         auth: AuthContext | None = None,
         timeout: timedelta | None = None,
+        signature: str | None = None,
     ) -> RunRecord:
         """Create a run (idempotent by ``run_id`` or ``idempotency_key``); it does not run
         until an executor calls `run_segment`. Input is validated now when the workflow
-        is known; otherwise the run binds (or blocks) on its first segment."""
+        is known; otherwise the run binds (or blocks) on its first segment — to
+        ``version`` and ``signature`` when given (a `Workflow` resource declares them for
+        code that runs elsewhere, in a Pod): code with another signature blocks it."""
         if isinstance(workflow, WorkflowDefinition):
             name, version = workflow.name, version or workflow.version
         else:
@@ -157,7 +160,7 @@ class Engine:
             run_id=run_id or uuid.uuid4(),
             workflow_name=name,
             workflow_version=version,
-            signature=definition.signature if definition else None,
+            signature=definition.signature if definition else signature,
             status=RunStatus.CREATED,
             input=encoded,
             tenant_id=tenant_id,
@@ -213,17 +216,61 @@ class Engine:
                 return await self._compensate(run)
             return await self._advance(run)
 
-    async def cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> SegmentOutcome:
-        """Stop the run and compensate its completed steps (taking over its lease)."""
+    async def cancel(
+        self, run_id: uuid.UUID, reason: str = "cancelled", *, compensate: bool = True
+    ) -> SegmentOutcome:
+        """Stop the run and compensate its completed steps (taking over its lease, so a
+        segment running elsewhere can no longer write). ``compensate=False`` only marks
+        the run Compensating: the next segment, wherever it runs, does the undoing."""
         async with self._lease(run_id, steal=True, segment=False) as run:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             run.error = f"{CANCELLED}{reason}"
-            await self.store.update_run(
-                run.run_id, run.lease_epoch, now=self.clock.now(), status=RunStatus.COMPENSATING,
-                error=run.error, wake_at=None, waiting_event=None,
-            )  # fmt: skip
-            return await self._compensate(run)
+            if compensate:
+                await self.store.update_run(
+                    run.run_id, run.lease_epoch, now=self.clock.now(),
+                    status=RunStatus.COMPENSATING, error=run.error, wake_at=None,
+                    waiting_event=None,
+                )  # fmt: skip
+                return await self._compensate(run)
+            await self._finish(run, RunStatus.COMPENSATING, error=run.error)
+            return _outcome(run.run_id, RunStatus.COMPENSATING, ready_at=self.clock.now())
+
+    async def fail(self, run_id: uuid.UUID, error: str, *, blocked: bool = False) -> SegmentOutcome:
+        """Mark an unfinished run Failed with ``error``: its executor gave up on it (e.g. its
+        segment Pods kept failing). ``blocked``: BlockedMissingHandler instead — nothing
+        can run its code yet (no `Workflow` resource says where). It keeps its steps;
+        `retry` resumes it, and a blocked run resumes when its code appears."""
+        # Steal: the caller knows no segment runs (a dead one's lease may not have expired).
+        async with self._lease(run_id, steal=True, segment=False) as run:
+            if run.status.is_terminal:
+                return await self._unchanged(run)
+            if run.status == RunStatus.COMPENSATING:
+                if blocked:  # it stays a cancel that waits for code to undo its steps
+                    await self._finish(run, run.status, error=run.error)
+                    return _outcome(run.run_id, run.status, error=f"{run.error}; {error}")
+                error = f"{run.error}; {error}"  # still a cancel: retry undoes on
+            status = RunStatus.BLOCKED_MISSING_HANDLER if blocked else RunStatus.FAILED
+            done = None if blocked else self.clock.now()
+            await self._finish(run, status, error=error, completed_at=done)
+            return _outcome(run.run_id, status, error=error)
+
+    async def outcome(self, run_id: uuid.UUID) -> SegmentOutcome:
+        """The run as it stands, as the segment that left it so would have reported it (for
+        executors whose segments ran in another process)."""
+        run = await self.store.get_run(run_id)
+        ready_at = run.wake_at
+        if run.status in (RunStatus.CREATED, RunStatus.COMPENSATING):
+            ready_at = self.clock.now()
+        elif run.status == RunStatus.WAITING and run.waiting_event is not None:
+            if await self.store.has_pending_event(run.run_id, run.waiting_event):
+                ready_at = self.clock.now()
+        elif run.status != RunStatus.WAITING:
+            ready_at = None
+        return _outcome(
+            run.run_id, run.status, ready_at=ready_at, waiting_event=run.waiting_event,
+            output=run.output, error=run.error,
+        )  # fmt: skip
 
     async def retire(self, run_id: uuid.UUID, reason: str = "retired") -> SegmentOutcome:
         """Mark a run that no code can resume as RetiredUnresumable (no compensation)."""

@@ -1,8 +1,11 @@
 """``kflow runner --run <id>``: advance one run by one segment, then exit.
 
 The entry point of a segment Pod (the pod executor). It loads the run from PostgreSQL,
-takes the lease with a new fencing epoch, replays the handler to its next suspension or
-its end, records the outcome, prints it as one JSON line, and exits:
+takes the lease with a new fencing epoch (``--steal``: even from a holder the operator
+knows is dead), replays the handler to its next suspension or its end, records the
+outcome, prints it as one JSON line, and exits. While it runs, each step record is
+announced on the store's progress channel (PostgreSQL ``NOTIFY``) so the operator can
+mirror it into the WorkflowRun's status. Exit codes:
 
 ====  =====================================================================
 0     the segment ran and its outcome is recorded (Completed, Waiting, Failed, Blocked...)
@@ -19,20 +22,32 @@ import asyncio
 import json
 import sys
 import uuid
+from datetime import timedelta
 from typing import TextIO
 
 from kflow.engine import Engine
 from kflow.errors import LeaseHeld, RunNotFound, TransientError
+from kflow.models import StepState
 from kflow.settings import StoreSettings
 from kflow.store import Store
+from kflow.store.progress import Progressor
 from kflow.workflow import Registry
 
 __all__ = ["EXIT_LEASE_HELD", "EXIT_NO_RUN", "EXIT_STORE", "run_once"]
 
 EXIT_LEASE_HELD, EXIT_STORE, EXIT_NO_RUN = 3, 4, 5
 
+RUNNING_AFTER = timedelta(milliseconds=100)
+"""Steps running longer than this are recorded as running, so the status shows them."""
 
-async def run_once(settings: StoreSettings, run_id: uuid.UUID, out: TextIO = sys.stdout) -> int:
+
+async def run_once(
+    settings: StoreSettings,
+    run_id: uuid.UUID,
+    out: TextIO = sys.stdout,
+    *,
+    steal: bool = False,
+) -> int:
     """One segment of ``run_id``; the exit code (see the module docstring)."""
 
     def report(**fields: object) -> None:
@@ -48,10 +63,17 @@ async def run_once(settings: StoreSettings, run_id: uuid.UUID, out: TextIO = sys
     except TransientError as exc:
         report(error=str(exc))
         return EXIT_STORE
-    engine = Engine(store, Registry.from_modules(settings.workflow_modules),
-                    lease_ttl=settings.lease_ttl)  # fmt: skip
+    progress = Progressor(store)
+
+    def recorded(run_id: uuid.UUID, _step: StepState) -> None:
+        progress.touch(run_id)
+
+    engine = Engine(
+        store, Registry.from_modules(settings.workflow_modules), lease_ttl=settings.lease_ttl,
+        record_running_after=RUNNING_AFTER, on_record=recorded,
+    )  # fmt: skip
     try:
-        outcome = await engine.run_segment(run_id)
+        outcome = await engine.run_segment(run_id, steal=steal)
     except LeaseHeld as exc:
         report(error=str(exc))
         return EXIT_LEASE_HELD
@@ -62,6 +84,7 @@ async def run_once(settings: StoreSettings, run_id: uuid.UUID, out: TextIO = sys
         report(error=f"{type(exc).__name__}: {exc}")
         return EXIT_STORE
     finally:
+        await progress.flush()
         await engine.close()
         await store.close()
     report(
@@ -73,7 +96,7 @@ async def run_once(settings: StoreSettings, run_id: uuid.UUID, out: TextIO = sys
     return 0
 
 
-def main(run: str) -> int:
+def main(run: str, *, steal: bool = False) -> int:
     from pydantic import ValidationError
 
     try:
@@ -82,4 +105,4 @@ def main(run: str) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"kflow runner: bad settings: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run_once(settings, run_id))
+    return asyncio.run(run_once(settings, run_id, steal=steal))

@@ -16,6 +16,7 @@ import pytest
 from kflow import RunStatus
 from kflow.localpg import free_port
 from kflow.runner import EXIT_LEASE_HELD, EXIT_NO_RUN, EXIT_STORE
+from kflow.store.progress import ProgressListener
 from tests.integration.runner_workflows import two_segments
 
 pytestmark = pytest.mark.integration
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def runner(run_id: object, **env: str) -> tuple[int, dict[str, object]]:
+def runner(run_id: object, *args: str, **env: str) -> tuple[int, dict[str, object]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "kflow.cli", "runner", "--run", str(run_id)],
+        [sys.executable, "-m", "kflow.cli", "runner", "--run", str(run_id), *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT),
              "KFLOW_WORKFLOW_MODULES": '["tests.integration.runner_workflows"]', **env},
@@ -68,3 +69,32 @@ async def test_exit_codes_say_why_nothing_was_done(make_env, pg_dsn: str) -> Non
         assert code == 2
         code, _ = runner(run.run_id)  # no KFLOW_DSN
         assert code == 2
+
+
+async def test_records_are_announced_and_steal_takes_a_dead_holders_lease(
+    make_env, pg_dsn: str
+) -> None:
+    async with make_env(two_segments) as env:
+        heard: list[uuid.UUID] = []
+        listening = asyncio.Event()
+        listener = ProgressListener(
+            pg_dsn, env.store.schema, on_progress=heard.append, on_reconnect=listening.set
+        )
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listening.wait(), timeout=10)
+            run = await env.engine.start(two_segments, "thief")
+            await env.store.acquire_lease(
+                run.run_id, owner="dead-pod", now=env.clock.now(), ttl=timedelta(hours=1),
+                steal=False,
+            )  # fmt: skip
+            store_env = {"KFLOW_DSN": pg_dsn, "KFLOW_SCHEMA": env.store.schema}
+            code, out = await asyncio.to_thread(runner, run.run_id, "--steal", **store_env)
+            assert (code, out["status"]) == (0, "Waiting")
+            for _ in range(50):
+                if run.run_id in heard:
+                    break
+                await asyncio.sleep(0.1)
+            assert heard and set(heard) == {run.run_id}
+        finally:
+            task.cancel()

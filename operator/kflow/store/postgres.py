@@ -231,6 +231,17 @@ class Store:
         return run_from_row(row)
 
     @_wrap_errors
+    async def next_dispatch(self, run_id: uuid.UUID) -> int:
+        """Count one more segment Pod for the run; its number (from 1)."""
+        number = await self.pool.fetchval(
+            "UPDATE runs SET dispatches = dispatches + 1 WHERE run_id = $1 RETURNING dispatches",
+            run_id,
+        )
+        if number is None:
+            raise RunNotFound(f"no run {run_id}")
+        return int(number)
+
+    @_wrap_errors
     async def acquire_lease(
         self,
         run_id: uuid.UUID,
