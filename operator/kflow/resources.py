@@ -27,6 +27,8 @@ __all__ = [
     "GROUP",
     "VERSION",
     "Condition",
+    "ExecutorView",
+    "PodTemplate",
     "StepStatusView",
     "Waiting",
     "WorkflowRunSpec",
@@ -101,6 +103,16 @@ class EventDelivery(_Model):
     message: str | None = None
 
 
+class ExecutorView(_Model):
+    """Where the run's segments execute, and what last went wrong there."""
+
+    kind: Literal["inline", "pod"]
+    pod: str | None = Field(default=None, description="The segment Pod running now.")
+    message: str | None = Field(
+        default=None, description="The last failure of a segment Pod, until one succeeds."
+    )
+
+
 class WorkflowRunStatus(_Model):
     """Written by the operator only; mirrors the run's state in PostgreSQL (bounded in
     size: long step lists and large outputs are summarised, the whole is in the database)."""
@@ -117,6 +129,7 @@ class WorkflowRunStatus(_Model):
     output_truncated: bool = Field(default=False, alias="outputTruncated")
     error: str | None = None
     events: list[EventDelivery] = Field(default_factory=list)
+    executor: ExecutorView | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
@@ -125,7 +138,14 @@ class PodTemplate(_Model):
     """Where the pod executor runs this workflow's segments."""
 
     image: str
-    command: list[str] | None = None
+    command: list[str] | None = Field(
+        default=None, description="The runner's command; the image's ``kflow`` when omitted."
+    )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules the runner imports (KFLOW_WORKFLOW_MODULES); the "
+        "image's own setting when empty.",
+    )
     env: list[JSON] = Field(default_factory=list)
     env_from: list[JSON] = Field(default_factory=list, alias="envFrom")
     resources: JSON = None

@@ -79,15 +79,35 @@ class OperatorSettings(StoreSettings):
     """Segments the inline executor runs at once."""
 
     default_executor: Literal["inline", "pod"] = "inline"
-    """Executor for Workflows that do not choose one. Only ``inline`` runs today: ``pod``
-    is refused at start-up until the pod executor lands."""
+    """Executor for Workflows that do not choose one (``spec.executor``): ``inline`` runs
+    segments in the operator, ``pod`` in a Pod per segment (needs `runner_dsn_secret`)."""
+
+    runner_dsn_secret: str | None = None
+    """Secret (in each run's namespace) holding the DSN segment Pods connect with; the
+    pod executor is off without it."""
+
+    runner_dsn_key: str = "dsn"
+    """Key of the DSN in `runner_dsn_secret`."""
+
+    segment_retries: int = Field(default=3, ge=0)
+    """Times a segment whose Pod failed (crash, OOM kill, eviction, never started) is tried
+    again, with backoff, before the run is marked Failed."""
+
+    pod_start_timeout: Duration = timedelta(minutes=5)
+    """A segment Pod not started by then (image pull error, unschedulable) is a failure."""
+
+    pod_grace_seconds: int = Field(default=30, ge=0)
+    """Grace period of a segment Pod stopped by a cancel."""
+
+    pod_ttl: Duration = timedelta(hours=1)
+    """Finished segment Pods (and their logs) are kept this long."""
 
     @model_validator(mode="after")
-    def _executor_available(self) -> OperatorSettings:
-        if self.default_executor == "pod":
+    def _pod_executor_configured(self) -> OperatorSettings:
+        if self.default_executor == "pod" and not self.runner_dsn_secret:
             raise ValueError(
-                "KFLOW_DEFAULT_EXECUTOR=pod: the pod executor is not available yet; "
-                "use inline (the default)"
+                "KFLOW_DEFAULT_EXECUTOR=pod needs KFLOW_RUNNER_DSN_SECRET: the Secret "
+                "holding the DSN that segment Pods connect with"
             )
         return self
 

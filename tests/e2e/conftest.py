@@ -177,3 +177,8 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     wait_for(has_default_sa, what=f"the default service account (and its token) in {name}")
     yield name
     core.delete_namespace(name)
+
+
+# The operator fixtures live beside the classes they build; imported last, since that
+# module uses `Harness` and `wait_for` from here.
+from tests.e2e.operator_env import crds, operator, runs  # noqa: E402, F401

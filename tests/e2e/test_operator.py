@@ -7,174 +7,17 @@ functions log to a file, so tests count how often each step really ran.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
-from kubernetes import client
 
 from kflow.localpg import LocalPostgres, free_port
 from tests.e2e.conftest import Harness, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
-
-
-class Operator:
-    """A ``kflow operator`` process for one namespace; kill it and start it again."""
-
-    def __init__(self, harness: Harness, namespace: str, dsn: str, workdir: Path) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.log = workdir / "operator.log"
-        self.env = {
-            **harness.env,
-            "PYTHONPATH": str(ROOT),
-            "KFLOW_DSN": dsn,
-            "KFLOW_SCHEMA": f"kflow_e2e_{uuid.uuid4().hex[:8]}",
-            "KFLOW_NAMESPACES": json.dumps([namespace]),
-            "KFLOW_WORKFLOW_MODULES": json.dumps(["tests.e2e.workflows"]),
-            "KFLOW_HEALTH_PORT": str(self.port),
-            "KFLOW_METRICS_PORT": str(self.metrics_port),
-            "KFLOW_STATUS_INTERVAL": "0.2",
-            "KFLOW_LEASE_TTL": "5",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kflow.cli", "operator"],
-                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_for(self.healthy, timeout=30, what=f"the operator's health endpoint ({self.log})")
-
-    def healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
-            return str(r.read().decode())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture(scope="session")
-def crds(harness: Harness) -> None:
-    harness.run("kubectl", "apply", "-f", CRDS)
-    for crd in ("workflows.kflow.io", "workflowruns.kflow.io"):
-        harness.run("kubectl", "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-
-
-@pytest.fixture
-def operator(
-    harness: Harness, crds: None, namespace: str, pg_dsn: str, tmp_path: Path
-) -> Iterator[Operator]:
-    op = Operator(harness, namespace, pg_dsn, tmp_path)
-    op.start()
-    yield op
-    op.stop()
-    print(f"--- operator log ({op.log}) ---\n{op.log.read_text()[-8000:]}")  # shown on failure
-
-
-class Runs:
-    """kubectl for WorkflowRuns in one namespace, plus reads through the API."""
-
-    def __init__(self, harness: Harness, api: client.ApiClient, namespace: str, tmp: Path):
-        self.h, self.ns, self.tmp = harness, namespace, tmp
-        self.objects = client.CustomObjectsApi(api)
-
-    def apply(self, name: str, workflow: str, input: dict[str, Any] | None, **spec: Any) -> None:
-        manifest = {
-            "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun",
-            "metadata": {"name": name}, "spec": {"workflow": workflow, "input": input, **spec},
-        }  # fmt: skip
-        path = self.tmp / f"{name}.json"
-        path.write_text(json.dumps(manifest))
-        self.h.run("kubectl", "apply", "-n", self.ns, "-f", path)
-
-    def get(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.objects.get_namespaced_custom_object(
-            "kflow.io", "v1alpha1", self.ns, "workflowruns", name
-        )
-        return obj
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict(self.get(name).get("status") or {})
-
-    def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return wait_for(  # type: ignore[no-any-return]
-            lambda: (s := self.status(name)).get("phase") == phase and s,
-            timeout=timeout,
-            what=f"{name} to reach {phase}",
-        )
-
-    def rejected(self, name: str) -> list[dict[str, Any]]:
-        """Wait for, and return, the events the run's status reports as rejected."""
-        return wait_for(  # type: ignore[no-any-return]
-            lambda: [e for e in self.status(name).get("events", []) if e["state"] == "rejected"],
-            what=f"a rejected event in the status of {name}",
-        )
-
-    def annotations(self, name: str) -> dict[str, str]:
-        return dict(self.get(name)["metadata"].get("annotations") or {})
-
-    def annotate(self, name: str, key: str, value: str) -> None:
-        self.h.run(
-            "kubectl", "annotate", "-n", self.ns, "--overwrite", f"wfr/{name}", f"{key}={value}"
-        )
-
-    def events(self, name: str) -> list[str]:
-        core = client.CoreV1Api(self.objects.api_client)
-        items = core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}")
-        return [f"{e.reason}: {e.message}" for e in items.items]
-
-
-@pytest.fixture
-def runs(harness: Harness, api: client.ApiClient, namespace: str, tmp_path: Path) -> Runs:
-    return Runs(harness, api, namespace, tmp_path)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+from tests.e2e.operator_env import Operator, Runs, children, lines
 
 
 def test_a_multi_step_run_completes_with_per_step_status(
@@ -412,8 +255,10 @@ def test_the_admission_webhook_refuses_bad_input(
     op = Operator(harness, namespace, pg_dsn, tmp_path)
     name = f"validate-{uuid.uuid4().hex[:8]}.kflow.io"
     op.env.update(KFLOW_WEBHOOK_PORT=str(free_port()), KFLOW_WEBHOOK_NAME=name)
-    op.start()
-    try:
+    with op.running(), contextlib.ExitStack() as cleanup:
+        cleanup.callback(
+            harness.run, "kubectl", "delete", "validatingwebhookconfiguration", name, check=False
+        )
         wait_for(
             lambda: harness.run("kubectl", "get", "validatingwebhookconfiguration", name,
                                 check=False).returncode == 0,
@@ -429,9 +274,6 @@ def test_the_admission_webhook_refuses_bad_input(
         assert "spec.input" in refused.stderr and "log: Field required" in refused.stderr
         runs.apply("fine", "steps", {"log": str(tmp_path / "fine.log"), "steps": 1})
         runs.wait_phase("fine", "Completed")
-    finally:
-        op.stop()
-        harness.run("kubectl", "delete", "validatingwebhookconfiguration", name, check=False)
 
 
 def test_deletion_waits_for_a_stalled_database_and_never_hangs(
@@ -441,8 +283,7 @@ def test_deletion_waits_for_a_stalled_database_and_never_hangs(
     with LocalPostgres() as own_pg:
         op = Operator(harness, namespace, own_pg.dsn, tmp_path)
         op.env["KFLOW_DB_TIMEOUT"] = "2"
-        op.start()
-        try:
+        with op.running():
             runs.apply("stuck", "saga", {"log": str(log)})
             runs.wait_phase("stuck", "Waiting")
             postmaster = int((own_pg.datadir / "postmaster.pid").read_text().split()[0])
@@ -468,6 +309,3 @@ def test_deletion_waits_for_a_stalled_database_and_never_hangs(
                 what="the WorkflowRun to be deleted once the database answers",
             )  # fmt: skip
             assert lines(log) == ["reserve", "charge", "undo-charge", "undo-reserve"]
-        finally:
-            op.stop()
-            print(f"--- operator log ---\n{op.log.read_text()[-6000:]}")  # shown on failure

@@ -93,3 +93,20 @@ def check_flag(job: Job) -> str:
 async def flaky(ctx: WorkflowContext, job: Job) -> str:
     await ctx.step("first", mark, job.log, "first")
     return await ctx.step("check", check_flag, job)
+
+
+@workflow(name="journey", steps=["start", "finish"], events=["go"])
+async def journey(ctx: WorkflowContext, job: Job) -> str:
+    """Three segments: to the sleep, to the event wait, to the end."""
+    await ctx.step("start", mark, job.log, "start")
+    await ctx.sleep(timedelta(seconds=job.sleep_seconds))
+    await ctx.wait_for_event("go")
+    await ctx.step("finish", mark, job.log, "finish")
+    return "arrived"
+
+
+@workflow(name="slow-saga", steps=["reserve", "slow"])
+async def slow_saga(ctx: WorkflowContext, job: Job) -> str:
+    await ctx.step("reserve", mark, job.log, "reserve", compensate=unmark.bind(job.log, "reserve"))
+    await ctx.step("slow", mark, job.log, "slow", job.delay)
+    return "done"

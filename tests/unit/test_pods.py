@@ -1,10 +1,24 @@
-"""The segment Pod manifest (pod executor): names, ownership, secrets, restricted security."""
+"""The pod executor's pure parts: the segment Pod manifest (names, ownership, secrets,
+restricted security), reading how a Pod ended, and where a run's segments go."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from kflow.controller.catalog import Catalog, Placement
 from kflow.controller.mirror import RunRef
-from kflow.controller.pods import RUN_LABEL, SEGMENT_LABEL, pod_name, segment_pod
-from kflow.resources import PodTemplate
+from kflow.controller.pods import (
+    RUN_LABEL,
+    SEGMENT_LABEL,
+    pod_end,
+    pod_name,
+    pod_problem,
+    pod_started,
+    segment_pod,
+)
+from kflow.resources import PodTemplate, WorkflowSpec
 
 REF = RunRef(namespace="shop", name="Order_42.Very-Long-" + "x" * 80, uid="0123abcd-ffff-4444")
 
@@ -19,11 +33,11 @@ def test_pod_names_are_deterministic_dns_labels() -> None:
 def test_segment_pod_is_restricted_owned_and_gets_the_dsn_from_a_secret() -> None:
     template = PodTemplate.model_validate(
         {"image": "registry.example/orders:1.4", "env": [{"name": "REGION", "value": "eu"}],
+         "modules": ["orders.workflows"],
          "resources": {"limits": {"memory": "256Mi"}}, "serviceAccountName": "orders"}
     )  # fmt: skip
     pod = segment_pod(
         REF, segment=2, template=template, dsn_secret="kflow-db", schema="kflow",
-        modules=["orders.workflows"],
     )  # fmt: skip
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["labels"][RUN_LABEL] == REF.uid and meta["labels"][SEGMENT_LABEL] == "2"
@@ -49,3 +63,78 @@ def test_segment_pod_is_restricted_owned_and_gets_the_dsn_from_a_secret() -> Non
     }  # fmt: skip
     assert container["resources"] == {"limits": {"memory": "256Mi"}}
     assert spec["serviceAccountName"] == "orders"
+
+
+def test_the_runner_steals_only_when_asked_and_modules_come_from_the_template() -> None:
+    template = PodTemplate.model_validate({"image": "orders:1"})
+    pod = segment_pod(REF, segment=1, template=template, dsn_secret="db", schema="kflow",
+                      steal=True)  # fmt: skip
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["runner", "--run", REF.uid, "--steal"]
+    assert "KFLOW_WORKFLOW_MODULES" not in {e["name"] for e in container["env"]}
+
+
+def _pod(phase: str, **status: object) -> dict[str, object]:
+    return {"status": {"phase": phase, **status}}
+
+
+def _ended(code: int, reason: str = "Error") -> dict[str, object]:
+    return {"containerStatuses": [{"state": {"terminated": {"exitCode": code, "reason": reason}}}]}
+
+
+@pytest.mark.parametrize(
+    ("pod", "deleted", "ok", "says"),
+    [
+        (_pod("Succeeded"), False, True, "completed"),
+        (_pod("Failed", **_ended(3)), False, False, "code 3: another executor held"),
+        (_pod("Failed", **_ended(137, "OOMKilled")), False, False, "out of memory"),
+        (_pod("Failed", **_ended(1)), False, False, "code 1: Error"),
+        (_pod("Failed", reason="Evicted", message="low on memory"), False, False, "Evicted"),
+        (_pod("Running"), True, False, "deleted before it finished"),
+        (_pod("Failed"), False, False, "without a container status"),
+    ],
+)
+def test_how_a_segment_pod_ended(pod: dict[str, Any], deleted: bool, ok: bool, says: str) -> None:
+    end = pod_end(pod, deleted=deleted)
+    assert end is not None and end.ok is ok and says in end.message
+
+
+def test_running_and_pending_pods_have_not_ended_and_say_why_they_wait() -> None:
+    assert pod_end(_pod("Running")) is None and pod_end(_pod("Pending")) is None
+    pulling = _pod("Pending", containerStatuses=[
+        {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}
+    ])  # fmt: skip
+    assert pod_problem(pulling) == "ImagePullBackOff: no such image"
+    assert not pod_started(pulling)
+    unschedulable = _pod("Pending", conditions=[
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1"}
+    ])  # fmt: skip
+    assert pod_problem(unschedulable) == "Unschedulable: 0/1"
+    creating = _pod(
+        "Pending", containerStatuses=[{"state": {"waiting": {"reason": "ContainerCreating"}}}]
+    )
+    assert pod_problem(creating) is None
+    assert pod_started(_pod("Running", containerStatuses=[{"state": {"running": {}}}]))
+
+
+def test_placement_follows_the_workflow_resource_of_the_runs_namespace() -> None:
+    def spec(version: int, **fields: object) -> WorkflowSpec:
+        return WorkflowSpec.model_validate(
+            {"workflow": "orders", "version": version, "signature": "a" * 64, **fields}
+        )
+
+    catalog = Catalog(default="inline")
+    assert catalog.placement("shop", "orders", None) == Placement("inline")
+    catalog.put("u1", "shop", spec(1, executor="pod", template={"image": "orders:1"}))
+    catalog.put("u2", "shop", spec(2, executor="pod"))
+    catalog.put("u3", "other", spec(3, executor="inline"))
+    assert catalog.placement("shop", "orders", 1).template == PodTemplate(image="orders:1")
+    assert "no spec.template" in (catalog.placement("shop", "orders", None).problem or "")
+    assert catalog.placement("other", "orders", None) == Placement("inline")
+    catalog.remove("u2")
+    assert catalog.find("shop", "orders", None) == spec(1, executor="pod",
+                                                        template={"image": "orders:1"})  # fmt: skip
+    strict = Catalog(default="pod")
+    assert "no Workflow resource declares 'orders'" in (
+        strict.placement("shop", "orders", None).problem or ""
+    )

@@ -115,19 +115,23 @@ def test_migrations_are_numbered_from_one() -> None:
     assert all(sql.strip() for _, _, sql in MIGRATIONS)
 
 
-def test_operator_settings_refuse_what_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_settings_refuse_incomplete_setups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pydantic import ValidationError as SettingsError
 
     from kflow.settings import OperatorSettings
 
-    monkeypatch.setenv("KFLOW_DSN", "postgresql://kflow:secret@db/kflow")
+    monkeypatch.setenv("KFLOW_DSN", "postgresql://kflow:hunter2@db/kflow")
     settings = OperatorSettings()
-    assert "secret" not in repr(settings) and settings.database_dsn().endswith("@db/kflow")
+    assert "hunter2" not in repr(settings) and settings.database_dsn().endswith("@db/kflow")
     monkeypatch.setenv("KFLOW_STATUS_INTERVAL", "0.25")
     assert OperatorSettings().status_interval == timedelta(milliseconds=250)
     monkeypatch.setenv("KFLOW_DEFAULT_EXECUTOR", "pod")
-    with pytest.raises(SettingsError, match="pod executor is not available yet"):
+    with pytest.raises(SettingsError, match="needs KFLOW_RUNNER_DSN_SECRET"):
         OperatorSettings()
+    monkeypatch.setenv("KFLOW_RUNNER_DSN_SECRET", "kflow-db")
+    assert OperatorSettings().default_executor == "pod"
     monkeypatch.delenv("KFLOW_DEFAULT_EXECUTOR")
     monkeypatch.setenv("KFLOW_DSN_FILE", "/run/secrets/dsn")
     with pytest.raises(SettingsError, match="exactly one of KFLOW_DSN and KFLOW_DSN_FILE"):

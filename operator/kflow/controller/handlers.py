@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
 from kflow.controller.mirror import RunRef
+from kflow.controller.pods import RUN_LABEL
 from kflow.controller.runtime import Controller
 from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
@@ -86,11 +87,24 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
     async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
         try:
-            await controller.delete(_ref(body))
+            done = await controller.delete(_ref(body))
         except TransientError as exc:
             raise kopf.TemporaryError(
                 f"cannot cancel the run before deletion, retrying: {exc}", delay=5
             ) from exc
+        if not done:
+            raise kopf.TemporaryError("a segment Pod undoes the run before it goes", delay=2)
+
+    # Workflow resources: watched, never changed (no finalizer, no kopf annotations).
+    @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
+    async def workflow(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller = memo["controller"]
+        controller.workflow_seen(dict(event["object"]), deleted=event["type"] == "DELETED")
+
+    @kopf.on.event("v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
+    async def pod(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller = memo["controller"]
+        controller.pods.pod_event(event["type"], dict(event["object"]))
 
     def validate(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]

@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from kubernetes import client as k8s_client
@@ -114,6 +115,39 @@ class KubeApi:
             {"status": status},
             "application/merge-patch+json",
         )
+
+    async def list_workflows(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        """`Workflow` objects in ``namespaces`` (all namespaces when empty)."""
+        base = f"/apis/{GROUP}/{VERSION}"
+        paths = [f"{base}/namespaces/{ns}/workflows" for ns in namespaces] or [f"{base}/workflows"]
+        found: list[dict[str, Any]] = []
+        for path in paths:
+            found.extend((await self._send("GET", path, None, "")).get("items") or [])
+        return found
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Pods matching a label selector (read from etcd: no stale cache)."""
+        body = await self._send(
+            "GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector={quote(selector)}", None, ""
+        )
+        return list(body.get("items") or [])
+
+    async def create_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        namespace = pod["metadata"]["namespace"]
+        body: dict[str, Any] = await self._send(
+            "POST", f"/api/v1/namespaces/{namespace}/pods", pod, "application/json"
+        )
+        return body
+
+    async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None:
+        """Delete a Pod (with a grace period for its processes); a Pod already gone is fine."""
+        query = "" if grace_seconds is None else f"?gracePeriodSeconds={grace_seconds}"
+        try:
+            await self._send("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}{query}",
+                             None, "")  # fmt: skip
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     async def remove_annotation(self, namespace: str, name: str, key: str, value: str) -> bool:
         """Remove annotation ``key`` if it still holds ``value``; False if it changed."""

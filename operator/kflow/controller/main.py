@@ -21,6 +21,7 @@ from kflow.engine import Engine
 from kflow.models import StepState
 from kflow.settings import OperatorSettings
 from kflow.store import Store
+from kflow.store.progress import ProgressListener
 from kflow.workflow import Registry
 
 __all__ = ["run_operator"]
@@ -57,6 +58,7 @@ async def run_operator(
     )  # fmt: skip
     controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
     await engine.register_definitions()
+    await controller.load_workflows()
     if settings.metrics_port:
         controller.metrics.serve(settings.metrics_port)
     log.info(
@@ -70,7 +72,14 @@ async def run_operator(
     if settings.webhook_port:
         kopf_settings.admission.server = webhook_server(settings)
         kopf_settings.admission.managed = settings.webhook_name
-    background = asyncio.create_task(controller.run(), name="kflow-timers")
+    listener = ProgressListener(
+        settings.database_dsn(), settings.schema_name, timeout=settings.db_timeout.total_seconds(),
+        on_progress=controller.progress, on_reconnect=controller.progress_reconnected,
+    )  # fmt: skip
+    background = [
+        asyncio.create_task(controller.run(), name="kflow-timers"),
+        asyncio.create_task(listener.run(), name="kflow-progress"),
+    ]
     try:
         await kopf.operator(
             registry=build_registry(admission=bool(settings.webhook_port)),
@@ -84,10 +93,12 @@ async def run_operator(
             ready_flag=ready_flag,
         )
     finally:
-        background.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await background
-        await controller.executor.drain()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await controller.inline.drain()
+        await controller.pods.drain()
         await engine.close()
         await kube.close()
         await store.close()

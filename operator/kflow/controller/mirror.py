@@ -23,7 +23,7 @@ from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.status import MAX_EVENTS, build_status
 from kflow.engine import Engine
 from kflow.errors import RunNotFound, TransientError
-from kflow.resources import EventDelivery, WorkflowRunStatus
+from kflow.resources import EventDelivery, ExecutorView, WorkflowRunStatus
 
 __all__ = ["PERMANENT", "RunRef", "StatusMirror"]
 
@@ -54,6 +54,7 @@ class StatusMirror:
         clock: Clock,
         interval: timedelta,
         ref: Callable[[uuid.UUID], RunRef | None],
+        executor: Callable[[uuid.UUID], ExecutorView | None],
         max_steps: int,
         max_output_bytes: int,
     ) -> None:
@@ -62,6 +63,7 @@ class StatusMirror:
         self._clock = clock
         self._interval = interval.total_seconds()
         self._ref = ref
+        self._executor = executor
         self._max_steps = max_steps
         self._max_output = max_output_bytes
         self._dirty: set[uuid.UUID] = set()
@@ -142,6 +144,7 @@ class StatusMirror:
             max_output_bytes=self._max_output,
         )
         status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
+        status.executor = self._executor(run_id)
         if status == self._last.get(run_id):
             return
         # A merge patch deletes what is null at the top, but keeps nulls inside list items

@@ -1,24 +1,39 @@
-"""`segment_pod`: the Pod that runs one segment of a run (pod executor, pure).
+"""The Pod that runs one segment of a run, and how to read its state (pod executor, pure).
 
-One Pod per segment, named deterministically from the run and the segment number, so
-an operator that restarts adopts the Pod it created instead of creating a second one.
+One Pod per segment (and per retry of a segment), named from the run and a number that
+the executor counts in PostgreSQL (``-s1``, ``-s2``...), and labelled with the run's
+uid, by which an operator that restarts finds — and adopts — the Pod it created.
 It runs ``kflow runner --run <id>`` from the Workflow's image, gets the store's DSN from a
 Secret (never in the Pod spec), is owned by its WorkflowRun (deleted with it), carries
 labels linking run and segment, and satisfies the *restricted* Pod Security Standard by
 default: non-root, no privilege escalation, all capabilities dropped, RuntimeDefault
 seccomp, read-only root filesystem, no service-account token (the runner needs no API).
+
+`pod_end`, `pod_problem` and `pod_started` turn a Pod's status into what the executor
+reports on the run: how it ended (exit codes of ``kflow runner``, OOM kills, evictions,
+deletions), or why it does not start.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from kflow.controller.mirror import RunRef
 from kflow.resources import GROUP, VERSION, PodTemplate
 
-__all__ = ["RUN_LABEL", "SEGMENT_LABEL", "pod_name", "segment_pod"]
+__all__ = [
+    "RUN_LABEL",
+    "SEGMENT_LABEL",
+    "PodEnd",
+    "pod_end",
+    "pod_name",
+    "pod_problem",
+    "pod_started",
+    "segment_pod",
+]
 
 RUN_LABEL = "kflow.io/run"
 SEGMENT_LABEL = "kflow.io/segment"
@@ -39,20 +54,22 @@ def segment_pod(
     dsn_secret: str,
     dsn_key: str = "dsn",
     schema: str,
-    modules: list[str],
+    steal: bool = False,
 ) -> dict[str, Any]:
-    """The Pod manifest for segment ``segment`` of the run behind ``ref``."""
+    """The Pod manifest for segment ``segment`` of the run behind ``ref``; ``steal``: the
+    runner takes the lease even if held (the previous segment's Pod is known dead)."""
     env = [
         {"name": "KFLOW_DSN", "valueFrom": {"secretKeyRef": {"name": dsn_secret, "key": dsn_key}}},
         {"name": "KFLOW_SCHEMA", "value": schema},
-        {"name": "KFLOW_WORKFLOW_MODULES", "value": json.dumps(modules)},
         *template.env,
     ]
+    if template.modules:
+        env.append({"name": "KFLOW_WORKFLOW_MODULES", "value": json.dumps(template.modules)})
     container: dict[str, Any] = {
         "name": "runner",
         "image": template.image,
         "command": template.command or ["kflow"],
-        "args": ["runner", "--run", ref.uid],
+        "args": ["runner", "--run", ref.uid, *(["--steal"] if steal else [])],
         "env": env,
         "envFrom": template.env_from,
         "securityContext": {
@@ -100,3 +117,69 @@ def segment_pod(
         },
         "spec": spec,
     }
+
+
+@dataclass(frozen=True)
+class PodEnd:
+    """How a segment Pod ended. ``ok``: the runner recorded the segment's outcome."""
+
+    ok: bool
+    message: str
+
+
+_EXITS = {
+    2: "the runner's settings are invalid (see the Pod's log)",
+    3: "another executor held the run's lease",
+    4: "the runner could not reach the store or lost its lease; the run is intact",
+    5: "the run does not exist in the store",
+    137: "the runner was killed (SIGKILL)",
+    143: "the runner was terminated (SIGTERM)",
+}
+
+_NOT_STARTING = {
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+}  # fmt: skip
+
+
+def pod_end(pod: dict[str, Any], *, deleted: bool = False) -> PodEnd | None:
+    """How the Pod ended, or None while it has not (``deleted``: its object is gone)."""
+    status = pod.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Succeeded":
+        return PodEnd(True, "completed")
+    if phase != "Failed":
+        if deleted:
+            return PodEnd(False, "the Pod was deleted before it finished")
+        return None
+    if status.get("reason"):  # Evicted, DeadlineExceeded, NodeLost...
+        return PodEnd(False, f"{status['reason']}: {status.get('message') or 'no message'}")
+    for container in status.get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated")
+        if ended is None:
+            continue
+        code, reason = ended.get("exitCode"), ended.get("reason") or "Error"
+        if reason == "OOMKilled":
+            return PodEnd(False, "the runner ran out of memory (OOMKilled)")
+        detail = _EXITS.get(code) or ended.get("message") or reason
+        return PodEnd(False, f"the runner exited with code {code}: {detail}")
+    return PodEnd(False, "the Pod failed without a container status")
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why a Pending Pod is not starting (image pull, configuration, scheduling), if known."""
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _NOT_STARTING:
+            return f"{waiting['reason']}: {waiting.get('message') or 'no message'}"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason')}: {condition.get('message') or 'no message'}"
+    return None
+
+
+def pod_started(pod: dict[str, Any]) -> bool:
+    """A container of the Pod has started (running, or already ended)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return any({"running", "terminated"} & set(c.get("state") or {}) for c in statuses)

@@ -1,9 +1,11 @@
 """`Controller`: what the operator does with WorkflowRuns, below the kopf handlers.
 
 Handlers parse bodies and call one method here. The controller binds each WorkflowRun to
-a run (its id is the object's uid, so creation is idempotent), hands runs to the inline
-executor, parks sleeping runs in the timer wheel, delivers annotation events and
-actions, mirrors status, and posts Kubernetes Events on phase changes and refusals.
+a run (its id is the object's uid, so creation is idempotent), hands each segment to the
+executor its `Workflow` resource chooses (inline, or a Pod per segment), parks sleeping
+runs in the timer wheel, delivers annotation events and actions, mirrors status (also
+from runners' progress notifications), and posts Kubernetes Events on phase changes,
+refusals and failing segment Pods.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from kflow.clock import Clock
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
+from kflow.controller.catalog import Catalog
 from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
+from kflow.controller.podexec import Placement, PodExecutor
 from kflow.controller.status import MAX_EVENTS
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
@@ -33,7 +39,8 @@ from kflow.errors import (
     UndeclaredNameError,
 )
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
-from kflow.resources import EventDelivery, WorkflowRunSpec
+from kflow.resources import EventDelivery, ExecutorView, WorkflowRunSpec, WorkflowSpec
+from kflow.serde import describe_validation_error
 from kflow.settings import OperatorSettings
 
 __all__ = ["Controller"]
@@ -59,6 +66,8 @@ class Controller:
         self.engine = engine
         self.metrics = metrics or Metrics()
         self._workflows: dict[uuid.UUID, str] = {}
+        self._versions: dict[uuid.UUID, int | None] = {}
+        self._problems: dict[uuid.UUID, str] = {}
         self._event_at: dict[uuid.UUID, float] = {}
         self._kube = kube
         self._clock = clock
@@ -67,10 +76,20 @@ class Controller:
         self._phases: dict[uuid.UUID, RunStatus] = {}
         self.timers = TimerWheel(clock, fire=self._wake)
         self.timers.lateness = self.metrics.timer_lateness.observe
-        self.executor = InlineExecutor(
+        self.catalog = Catalog(settings.default_executor)
+        self.inline = InlineExecutor(
             engine,
             concurrency=settings.concurrency,
             on_outcome=self._outcome,
+            retry_at=self.timers.schedule,
+        )
+        self.pods = PodExecutor(
+            engine=engine,
+            kube=kube,
+            settings=settings,
+            placement=self._pod_placement,
+            on_outcome=self._outcome,
+            on_problem=self._pod_problem,
             retry_at=self.timers.schedule,
         )
         self.mirror = StatusMirror(
@@ -79,6 +98,7 @@ class Controller:
             clock=clock,
             interval=settings.status_interval,
             ref=self._refs.get,
+            executor=self._executor_view,
             max_steps=settings.max_status_steps,
             max_output_bytes=settings.max_status_output_bytes,
         )
@@ -90,7 +110,96 @@ class Controller:
         await self.timers.run()
 
     def _wake(self, run_id: uuid.UUID) -> None:
-        self.executor.submit(run_id)
+        self._submit(run_id)
+
+    def _executor(self, run_id: uuid.UUID) -> InlineExecutor | PodExecutor:
+        workflow, ref = self._workflows.get(run_id), self._refs.get(run_id)
+        if workflow is None or ref is None:
+            return self.inline
+        placement = self.catalog.placement(ref.namespace, workflow, self._versions.get(run_id))
+        return self.pods if placement.executor == "pod" else self.inline
+
+    def _submit(self, run_id: uuid.UUID, *, steal: bool = False) -> None:
+        self._executor(run_id).submit(run_id, steal=steal)
+
+    async def _pod_placement(self, run_id: uuid.UUID) -> Placement:
+        """The WorkflowRun and pod template of the run's next segment Pod (read from the
+        store each time: the runner binds the run's version on its first segment)."""
+        ref = self._refs.get(run_id)
+        if ref is None:
+            return None
+        try:
+            run = await self.engine.get_run(run_id)
+        except RunNotFound:
+            return None
+        self._versions[run_id] = run.workflow_version
+        placement = self.catalog.placement(ref.namespace, run.workflow_name, run.workflow_version)
+        if placement.problem is not None or placement.template is None:
+            return placement.problem or "no pod template"
+        if not self._settings.runner_dsn_secret:
+            return "the pod executor is off: the operator has no KFLOW_RUNNER_DSN_SECRET"
+        return ref, placement.template
+
+    async def _pod_problem(self, run_id: uuid.UUID, reason: str, message: str) -> None:
+        self._problems[run_id] = message
+        self.mirror.touch(run_id)
+        ref = self._refs.get(run_id)
+        if ref is not None:
+            await self._event(ref, "Warning", reason, message)
+
+    def _executor_view(self, run_id: uuid.UUID) -> ExecutorView | None:
+        if self._executor(run_id) is self.inline:
+            return None
+        return ExecutorView(
+            kind="pod", pod=self.pods.pod_of(run_id), message=self._problems.get(run_id)
+        )
+
+    def progress(self, run_id: uuid.UUID) -> None:
+        """A runner announced a record of the run (PostgreSQL NOTIFY): mirror it."""
+        if run_id in self._refs:
+            self.mirror.touch(run_id)
+
+    def progress_reconnected(self) -> None:
+        """Notifications may have been missed: refresh every run a Pod is advancing."""
+        for run_id in self.pods.running():
+            self.progress(run_id)
+
+    # -- Workflow resources ------------------------------------------------------------
+
+    async def load_workflows(self) -> None:
+        """Read the `Workflow` objects before any run is adopted: a run must not start
+        inline for want of the object that sends it to a Pod."""
+        for body in await self._kube.list_workflows(self._settings.namespaces):
+            self.workflow_seen(body)
+
+    def workflow_seen(self, body: dict[str, Any], *, deleted: bool = False) -> None:
+        """A `Workflow` resource was created, changed or deleted. Runs that were blocked
+        for want of it, or of its code, are tried again."""
+        meta = body["metadata"]
+        uid = meta["uid"]
+        if deleted:
+            self.catalog.remove(uid)
+            return
+        try:
+            spec = WorkflowSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:  # the CRD's schema lets little through
+            log.error(
+                "ignoring Workflow %s/%s: %s",
+                meta.get("namespace"), meta["name"], describe_validation_error(exc),
+            )  # fmt: skip
+            self.catalog.remove(uid)
+            return
+        self.catalog.put(uid, meta["namespace"], spec)
+        for run_id, phase in list(self._phases.items()):
+            ref = self._refs.get(run_id)
+            if ref is None or ref.namespace != meta["namespace"]:
+                continue
+            if self._workflows.get(run_id) != spec.workflow:
+                continue
+            if phase.is_blocked or (
+                phase == RunStatus.COMPENSATING and run_id not in self.pods.running()
+            ):
+                self._submit(run_id)
 
     def recorded(self, run_id: uuid.UUID, step: StepState) -> None:
         """A segment stored a record: mirror it, and count it."""
@@ -110,11 +219,16 @@ class Controller:
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
         run exists and is moving. ``resumed``: a previous operator may have died mid-run."""
         run_id = uuid.UUID(ref.uid)
+        # Code that runs in Pods is not here: bind the run to what its Workflow declares.
+        declared = None
+        if self.catalog.placement(ref.namespace, spec.workflow, spec.version).executor == "pod":
+            declared = self.catalog.find(ref.namespace, spec.workflow, spec.version)
         try:
             run = await self.engine.start(
                 spec.workflow,
                 spec.input,
-                version=spec.version,
+                version=declared.version if declared else spec.version,
+                signature=declared.signature if declared else None,
                 run_id=run_id,
                 timeout=timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None,
             )
@@ -123,6 +237,7 @@ class Controller:
             return
         self._refs[run_id] = ref  # only now: a failed start is retried, not skipped
         self._workflows[run_id] = spec.workflow
+        self._versions[run_id] = run.workflow_version
         self._set_phase(run_id, run.status)
         self._continue(run, steal=resumed)
         self.mirror.touch(run_id)
@@ -136,7 +251,7 @@ class Controller:
             if run.waiting_event is None:
                 return
             # An event may have come while no operator ran: look once now.
-        self.executor.submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
+        self._submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
 
     async def refuse(self, ref: RunRef, reason: str, message: str) -> None:
         """Report a WorkflowRun that cannot be run, instead of running it."""
@@ -151,8 +266,9 @@ class Controller:
         )
         await self._event(ref, "Warning", reason, message)
 
-    async def delete(self, ref: RunRef) -> None:
-        """The WorkflowRun is being deleted: cancel its run first if it is active."""
+    async def delete(self, ref: RunRef) -> bool:
+        """The WorkflowRun is being deleted: cancel its run first if it is active. False
+        while a segment Pod still undoes the run (ask again later)."""
         run_id = uuid.UUID(ref.uid)
         try:
             try:
@@ -160,6 +276,10 @@ class Controller:
             except RunNotFound:
                 run = None
             if run is not None and not run.status.is_terminal:
+                if self._executor(run_id) is self.pods:
+                    if run.status != RunStatus.COMPENSATING:
+                        await self._cancel(run_id, "the WorkflowRun was deleted")
+                    return False
                 await self.engine.cancel(run_id, "the WorkflowRun was deleted")
         except TransientError as exc:
             await self._event(
@@ -172,19 +292,33 @@ class Controller:
         pending = self._retries.pop(ref.uid, None)
         if pending is not None:
             pending.cancel()
-        self._refs.pop(run_id, None)
-        self._workflows.pop(run_id, None)
-        self._event_at.pop(run_id, None)
+        self.pods.forget(run_id)
+        for state in (self._refs, self._workflows, self._versions, self._event_at, self._problems):
+            state.pop(run_id, None)
         phase = self._phases.pop(run_id, None)
         if phase is not None:
             self.metrics.forgotten(phase)
+        return True
+
+    async def _cancel(self, run_id: uuid.UUID, reason: str) -> SegmentOutcome:
+        """Cancel the run: inline, compensations run now; in Pods, the running segment Pod
+        is stopped (the lease taken from it first) and the next Pod compensates."""
+        in_pods = self._executor(run_id) is self.pods
+        outcome = await self.engine.cancel(run_id, reason, compensate=not in_pods)
+        if in_pods:
+            await self.pods.kill(run_id)
+        self.timers.cancel(run_id)
+        await self._outcome(outcome)
+        return outcome
 
     async def _outcome(self, outcome: SegmentOutcome) -> None:
         run_id = outcome.run_id
         self.mirror.touch(run_id, urgent=True)
+        if not (outcome.status == RunStatus.FAILED or outcome.status.is_blocked):
+            self._problems.pop(run_id, None)  # a segment went through
         if outcome.ready_at is not None:
             if outcome.ready_at <= self._clock.now():
-                self.executor.submit(run_id)
+                self._submit(run_id)
             else:
                 self.timers.schedule(run_id, outcome.ready_at)
         self.metrics.segments.labels(outcome.status.value).inc()
@@ -284,7 +418,7 @@ class Controller:
             return
         if sent.wakes_run:
             self._event_at[run_id] = time.monotonic()
-            self.executor.submit(run_id)
+            self._submit(run_id)
         self.mirror.touch(run_id)
         removed = await self._kube.remove_annotation(
             ref.namespace, ref.name, event.key, event.value
@@ -319,20 +453,19 @@ class Controller:
         run_id = uuid.UUID(ref.uid)
         reason = action.value or f"{action.verb} requested by annotation"
         try:
-            outcome: SegmentOutcome
             if action.verb == "cancel":
-                outcome = await self.engine.cancel(run_id, reason)
-            elif action.verb == "retire":
-                outcome = await self.engine.retire(run_id, reason)
+                await self._cancel(run_id, reason)
             else:
-                outcome = await self.engine.retry(run_id)
+                if action.verb == "retire":
+                    outcome = await self.engine.retire(run_id, reason)
+                else:
+                    outcome = await self.engine.retry(run_id)
+                self.timers.cancel(run_id)
+                await self._outcome(outcome)
         except TransientError:
             raise  # not refused: try again (the annotation stays until then)
         except KflowError as exc:
             await self._event(ref, "Warning", f"{action.verb.capitalize()}Refused", str(exc))
-        else:
-            self.timers.cancel(run_id)
-            await self._outcome(outcome)
         await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
 
     def knows(self, ref: RunRef) -> bool:

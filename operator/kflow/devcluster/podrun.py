@@ -153,7 +153,8 @@ class PodRunner:
             if self._interrupted():
                 self._finish_deleted()
                 return
-            self._exited(c)
+            if c.proc is not None:
+                self._exited(c)
             self._report()
             if c.state["terminated"]["exitCode"] != 0:
                 self._end("Failed", "InitContainerFailed", f"init container {c.name} failed")
@@ -224,10 +225,17 @@ class PodRunner:
         workdir = c.spec.get("workingDir")
         cwd = workdir if workdir and Path(workdir).is_dir() else self.pod_dir
         with c.log.open("ab") as out:
-            c.proc = subprocess.Popen(
-                command_line(c.spec, env), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+            try:
+                c.proc = subprocess.Popen(
+                    command_line(c.spec, env), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            except OSError as e:  # as containerd reports an executable it cannot run
+                c.state = {"terminated": {
+                    "exitCode": 128, "reason": "StartError", "message": str(e),
+                    "startedAt": now(), "finishedAt": now(),
+                }}  # fmt: skip
+                return
         c.state = {"running": {"startedAt": now()}}
 
     def _exited(self, c: _Container) -> None:

@@ -1,0 +1,68 @@
+"""`Catalog`: the `Workflow` resources the operator has seen, and where runs execute.
+
+A `Workflow` object declares a workflow version as deployed code has it (name, version,
+signature) and where its segments run: ``inline`` in the operator, or ``pod`` from its
+pod template. The catalog answers, for a run, which executor takes it and with which
+template — from the objects in the run's own namespace, so teams sharing an operator do
+not run each other's images; runs of workflows no object declares go to the operator's
+default executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kflow.resources import PodTemplate, WorkflowSpec
+
+__all__ = ["Catalog", "Placement"]
+
+Executor = Literal["inline", "pod"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's segments execute. ``problem`` says why they cannot (then nothing runs)."""
+
+    executor: Executor
+    template: PodTemplate | None = None
+    problem: str | None = None
+
+
+class Catalog:
+    def __init__(self, default: Executor) -> None:
+        self._default: Executor = default
+        self._by_uid: dict[str, tuple[str, WorkflowSpec]] = {}
+
+    def put(self, uid: str, namespace: str, spec: WorkflowSpec) -> None:
+        self._by_uid[uid] = (namespace, spec)
+
+    def remove(self, uid: str) -> None:
+        self._by_uid.pop(uid, None)
+
+    def find(self, namespace: str, workflow: str, version: int | None) -> WorkflowSpec | None:
+        """The object declaring ``workflow`` at ``version`` in ``namespace``, or its highest
+        active version there."""
+        specs = [s for ns, s in self._by_uid.values() if ns == namespace and s.workflow == workflow]
+        if version is not None:
+            return next((s for s in specs if s.version == version), None)
+        active = [s for s in specs if s.active]
+        return max(active, key=lambda s: s.version) if active else None
+
+    def placement(self, namespace: str, workflow: str, version: int | None) -> Placement:
+        spec = self.find(namespace, workflow, version)
+        executor = (spec.executor if spec else None) or self._default
+        if executor == "inline":
+            return Placement("inline")
+        if spec is None:
+            at = f" v{version}" if version is not None else ""
+            return Placement(
+                "pod", problem=f"no Workflow resource declares {workflow!r}{at}: the pod "
+                "executor takes the image and command from it",
+            )  # fmt: skip
+        if spec.template is None:
+            return Placement(
+                "pod", problem=f"Workflow {workflow!r} v{spec.version} runs in Pods but has "
+                "no spec.template (image, command)",
+            )  # fmt: skip
+        return Placement("pod", spec.template)
