@@ -25,10 +25,10 @@ from tests.e2e.operator_env import ROOT, Operator, Runs, lines
 WORKFLOWS = Registry.from_modules(["tests.e2e.workflows"])
 
 
-@pytest.fixture
-def pod_operator(
-    harness: Harness, crds: None, namespace: str, pg_dsn: str, tmp_path: Path
-) -> Iterator[Operator]:
+def operator_without_code(
+    harness: Harness, namespace: str, pg_dsn: str, tmp_path: Path, **env: str
+) -> Operator:
+    """An operator that runs every segment in a Pod (it has no workflow code itself)."""
     harness.run(
         "kubectl", "create", "secret", "generic", "kflow-db", "-n", namespace,
         f"--from-literal=dsn={pg_dsn}",
@@ -41,8 +41,16 @@ def pod_operator(
         KFLOW_SEGMENT_RETRIES="1",
         KFLOW_POD_START_TIMEOUT="4",
         KFLOW_POD_GRACE_SECONDS="2",
+        **env,
     )
-    with op.running():
+    return op
+
+
+@pytest.fixture
+def pod_operator(
+    harness: Harness, crds: None, namespace: str, pg_dsn: str, tmp_path: Path
+) -> Iterator[Operator]:
+    with operator_without_code(harness, namespace, pg_dsn, tmp_path).running() as op:
         yield op
 
 
@@ -200,3 +208,15 @@ def test_deleting_a_run_in_a_pod_undoes_it_before_it_goes(
     wait_for(lambda: lines(log) == ["reserve"], timeout=60, what="the reservation")
     runs.h.run("kubectl", "delete", "-n", runs.ns, "wfr/gone", "--timeout=60s")
     assert lines(log) == ["reserve", "undo-reserve"]
+
+
+def test_finished_pods_are_deleted_after_their_ttl(
+    harness: Harness, crds: None, namespace: str, pg_dsn: str, runs: Runs, tmp_path: Path
+) -> None:
+    op = operator_without_code(harness, namespace, pg_dsn, tmp_path, KFLOW_POD_TTL="3")
+    with op.running():
+        declare(runs, "steps")
+        runs.apply("brief", "steps", {"log": str(tmp_path / "brief.log"), "steps": 1})
+        runs.wait_phase("brief", "Completed", timeout=60)
+        assert len(pods(runs, "brief")) == 1  # kept a while, with its log
+        wait_for(lambda: not pods(runs, "brief"), timeout=30, what="the Pod's cleanup")
