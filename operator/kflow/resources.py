@@ -2,7 +2,8 @@
 
 `Workflow` (short ``wf``) declares a workflow version; `WorkflowRun` (short ``wfr``)
 asks for a run of one. These models are the single source of truth: ``crds/*.yaml`` is
-generated from them (``python -m kflow.resources crds/``, checked by a drift test), and
+generated from them (``make crds``: into ``crds/`` and the Helm chart's
+``helm/kflow/files/crds/``, checked by a drift test), and
 the controller parses every body it receives through them, so no code below the kopf
 handlers touches raw dicts.
 
@@ -298,11 +299,12 @@ def write_crds(folder: Path) -> list[Path]:
 
 
 def render(crd: dict[str, Any]) -> str:
-    header = "# Generated from kflow/resources.py by `python -m kflow.resources crds/`.\n"
+    header = "# Generated from kflow/resources.py by `make crds`.\n"
     body: str = yaml.safe_dump(crd, sort_keys=False, width=100)
     return header + body
 
 
 if __name__ == "__main__":
-    for written in write_crds(Path(sys.argv[1] if len(sys.argv) > 1 else "crds")):
-        print(written)
+    for folder in sys.argv[1:] or ["crds"]:
+        for written in write_crds(Path(folder)):
+            print(written)

@@ -89,6 +89,10 @@ class OperatorSettings(StoreSettings):
     runner_dsn_key: str = "dsn"
     """Key of the DSN in `runner_dsn_secret`."""
 
+    runner_service_account: str | None = None
+    """ServiceAccount of segment Pods whose template names none (the Helm chart's, which
+    has no rights); the namespace's default otherwise."""
+
     segment_retries: int = Field(default=3, ge=0)
     """Times a segment whose Pod failed (crash, OOM kill, eviction, never started) is tried
     again, with backoff, before the run is marked Failed."""
@@ -138,7 +142,8 @@ class OperatorSettings(StoreSettings):
     certificate is made at start (for the local control plane)."""
 
     webhook_name: str = "validate.kflow.io"
-    """Name of the ValidatingWebhookConfiguration the operator keeps up to date."""
+    """Name of the ValidatingWebhookConfiguration the operator keeps up to date (cluster
+    rights); empty: the operator leaves it alone (the Helm chart installs its own)."""
 
     metrics_port: int = 9090
     """Port of the Prometheus endpoint (``/metrics``); 0 turns it off."""

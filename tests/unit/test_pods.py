@@ -65,10 +65,11 @@ def test_segment_pod_is_restricted_owned_and_gets_the_dsn_from_a_secret() -> Non
     assert spec["serviceAccountName"] == "orders"
 
 
-def test_the_runner_steals_only_when_asked_and_modules_come_from_the_template() -> None:
+def test_steal_modules_and_the_default_service_account() -> None:
     template = PodTemplate.model_validate({"image": "orders:1"})
     pod = segment_pod(REF, segment=1, template=template, dsn_secret="db", schema="kflow",
-                      steal=True)  # fmt: skip
+                      steal=True, service_account="kflow-runner")  # fmt: skip
+    assert pod["spec"]["serviceAccountName"] == "kflow-runner"
     (container,) = pod["spec"]["containers"]
     assert container["args"] == ["runner", "--run", REF.uid, "--steal"]
     assert "KFLOW_WORKFLOW_MODULES" not in {e["name"] for e in container["env"]}

@@ -71,7 +71,8 @@ async def run_operator(
     kopf_settings.persistence.finalizer = "kflow.io/finalizer"
     if settings.webhook_port:
         kopf_settings.admission.server = webhook_server(settings)
-        kopf_settings.admission.managed = settings.webhook_name
+        if settings.webhook_name:
+            kopf_settings.admission.managed = settings.webhook_name
     listener = ProgressListener(
         settings.database_dsn(), settings.schema_name, timeout=settings.db_timeout.total_seconds(),
         on_progress=controller.progress, on_reconnect=controller.progress_reconnected,

@@ -156,7 +156,7 @@ class PodExecutor:
         pod = segment_pod(
             ref, segment=segment, template=template, schema=self._settings.schema_name,
             dsn_secret=self._settings.runner_dsn_secret, dsn_key=self._settings.runner_dsn_key,
-            steal=steal,
+            steal=steal, service_account=self._settings.runner_service_account,
         )  # fmt: skip
         try:
             await self._kube.create_pod(pod)

@@ -55,6 +55,7 @@ def segment_pod(
     dsn_key: str = "dsn",
     schema: str,
     steal: bool = False,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     """The Pod manifest for segment ``segment`` of the run behind ``ref``; ``steal``: the
     runner takes the lease even if held (the previous segment's Pod is known dead)."""
@@ -87,8 +88,8 @@ def segment_pod(
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
-    if template.service_account_name:
-        spec["serviceAccountName"] = template.service_account_name
+    if template.service_account_name or service_account:
+        spec["serviceAccountName"] = template.service_account_name or service_account
     if template.node_selector:
         spec["nodeSelector"] = template.node_selector
     if template.tolerations:

@@ -1,0 +1,84 @@
+{{/* Names and labels shared by the templates. */}}
+
+{{- define "kflow.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kflow.labels" -}}
+app.kubernetes.io/name: kflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kflow.operatorSelector" -}}
+app.kubernetes.io/name: kflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kflow.postgresSelector" -}}
+app.kubernetes.io/name: kflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: postgresql
+{{- end -}}
+
+{{- define "kflow.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Namespaces watched (not cluster-wide): the listed ones, else the release's. */}}
+{{- define "kflow.namespaces" -}}
+{{- if .Values.rbac.clusterWide -}}
+[]
+{{- else -}}
+{{- .Values.rbac.watchNamespaces | default (list .Release.Namespace) | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the DSN and the key holding it. */}}
+{{- define "kflow.dbSecret" -}}
+{{- if and (not .Values.postgresql.bundled) (not .Values.postgresql.existingSecret) -}}
+{{- fail "postgresql.existingSecret: with postgresql.bundled=false, name the Secret that holds your PostgreSQL's DSN" -}}
+{{- end -}}
+{{- if and .Values.postgresql.bundled .Values.postgresql.existingSecret -}}
+{{- fail "postgresql.existingSecret is for an external PostgreSQL: set postgresql.bundled=false too" -}}
+{{- end -}}
+{{- .Values.postgresql.existingSecret | default (printf "%s-db" (include "kflow.fullname" .)) -}}
+{{- end -}}
+{{- define "kflow.dbSecretKey" -}}
+{{- if .Values.postgresql.existingSecret -}}{{ .Values.postgresql.existingSecretKey }}{{- else -}}dsn{{- end -}}
+{{- end -}}
+
+{{/* The restricted Pod Security Standard, for every Pod of the chart. */}}
+{{- define "kflow.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* What the operator may do in a namespace it watches: nothing more. */}}
+{{- define "kflow.rules" -}}
+- apiGroups: [kflow.io]
+  resources: [workflowruns]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [kflow.io]
+  resources: [workflowruns/status]
+  verbs: [get, patch, update]
+- apiGroups: [kflow.io]
+  resources: [workflows]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

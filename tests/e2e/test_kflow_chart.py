@@ -1,0 +1,146 @@
+"""The kflow Helm chart on the local control plane: lint, server-side validation, and a
+real install whose operator runs as a Pod (on the node stand-in) and completes a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kflow.localpg import free_port
+from tests.e2e.conftest import Harness, wait_for
+from tests.e2e.operator_env import ROOT
+
+CHART = ROOT / "helm" / "kflow"
+RELEASE = "kflow"
+CRDS = ("workflows.kflow.io", "workflowruns.kflow.io")
+
+
+def test_the_chart_lints_and_refuses_misspelt_values(harness: Harness) -> None:
+    harness.run("helm", "lint", "--strict", CHART)
+    typo = harness.run("helm", "lint", CHART, "--set", "operator.concurency=3", check=False)
+    assert typo.returncode != 0 and "concurency is not allowed" in typo.stdout
+    external = harness.run(
+        "helm", "template", "x", CHART, "--set", "postgresql.bundled=false", check=False
+    )
+    assert external.returncode != 0 and "postgresql.existingSecret" in external.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["rbac.clusterWide=true", "webhook.enabled=true", "networkPolicy.enabled=true"],
+        ["postgresql.bundled=false", "postgresql.existingSecret=db", "metrics.enabled=false"],
+        [f"rbac.watchNamespaces={{default,{'{ns}'}}}", "runner.serviceAccount.create=false"],
+    ],
+    ids=["defaults", "cluster-wide-webhook-netpol", "external-db", "two-namespaces"],
+)
+def test_the_rendered_chart_is_valid_for_the_api_server(
+    harness: Harness, namespace: str, values: list[str], tmp_path: Path
+) -> None:
+    sets = [arg for v in values for arg in ("--set", v.replace("{ns}", namespace))]
+    rendered = harness.run("helm", "template", RELEASE, CHART, "-n", namespace, *sets).stdout
+    path = tmp_path / "rendered.yaml"
+    path.write_text(rendered)
+    # No -n: every object names its namespace (a Role goes to each watched namespace).
+    applied = harness.run("kubectl", "apply", "--dry-run=server", "-f", path)
+    kinds = {line.split("/")[0] for line in applied.stdout.splitlines()}
+    assert {"deployment.apps", "customresourcedefinition.apiextensions.k8s.io"} <= kinds
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["kind"] in ("Deployment", "StatefulSet"):
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            for container in pod["containers"]:
+                sc = container["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"]
+                assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def _adopt_crds(harness: Harness, namespace: str) -> None:
+    """CRDs applied with kubectl before (by other tests, or a user upgrading to the
+    chart) are handed to the release, as docs/operations.md tells users to do."""
+    for crd in CRDS:
+        if harness.run("kubectl", "get", "crd", crd, check=False).returncode != 0:
+            continue
+        harness.run("kubectl", "label", "--overwrite", "crd", crd,
+                    "app.kubernetes.io/managed-by=Helm")  # fmt: skip
+        harness.run("kubectl", "annotate", "--overwrite", "crd", crd,
+                    f"meta.helm.sh/release-name={RELEASE}",
+                    f"meta.helm.sh/release-namespace={namespace}")  # fmt: skip
+
+
+def test_install_run_upgrade_uninstall(
+    harness: Harness, api: client.ApiClient, namespace: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    harness.run("kubectl", "create", "secret", "generic", "orders-db", "-n", namespace,
+                f"--from-literal=dsn={pg_dsn}")  # fmt: skip
+    _adopt_crds(harness, namespace)
+    values = {
+        "postgresql": {"bundled": False, "existingSecret": "orders-db",
+                       "schema": f"kflow_chart_{uuid.uuid4().hex[:8]}"},
+        "operator": {
+            "workflowModules": ["examples.orders.workflow"],
+            "healthPort": free_port(), "metricsPort": free_port(),
+            # The node stand-in runs no images: the Pod's Python is this checkout's.
+            "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT)}],
+        },
+    }  # fmt: skip
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    install = harness.run("helm", "install", RELEASE, CHART, "-n", namespace, "-f", values_file,
+                          "--wait", "--timeout", "120s", timeout=150)  # fmt: skip
+    assert "kubectl kflow describe" in install.stdout  # NOTES.txt tells what to do next
+
+    core = client.CoreV1Api(api)
+    selector = "app.kubernetes.io/component=operator"
+    (pod,) = core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert pod.spec.service_account_name == f"{RELEASE}-operator"
+    harness.run("kubectl", "apply", "-n", namespace, "-f", ROOT / "examples/orders/run.yaml")
+    wait_for(lambda: _phase(harness, namespace, "order-42") == "Waiting", timeout=60,
+             what="the order to wait for its payment")  # fmt: skip
+    payment = 'event.kflow.io/payment-confirmed={"ref": "ch_1", "amount_cents": 2400}'
+    harness.run("kubectl", "annotate", "-n", namespace, "wfr/order-42", payment)
+    wait_for(lambda: _phase(harness, namespace, "order-42") == "Completed", timeout=60,
+             what="the order to complete")  # fmt: skip
+
+    # helm upgrade changes a CRD (Helm never upgrades a chart's crds/ folder; ours are templates).
+    changed = tmp_path / "kflow"
+    shutil.copytree(CHART, changed)
+    crd_file = changed / "files/crds/workflowruns.kflow.io.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    columns.append({"name": "Run", "type": "string", "jsonPath": ".status.runId"})
+    crd_file.write_text(yaml.safe_dump(crd))
+    harness.run("helm", "upgrade", RELEASE, changed, "-n", namespace, "-f", values_file,
+                "--wait", "--timeout", "120s", timeout=150)  # fmt: skip
+    live = json.loads(harness.run("kubectl", "get", "crd", CRDS[1], "-o", "json").stdout)
+    names = [c["name"] for c in live["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert "Run" in names
+
+    # helm uninstall leaves nothing of the release but the CRDs (kept: they hold the runs).
+    harness.run("helm", "uninstall", RELEASE, "-n", namespace, "--wait", timeout=120)
+    instance = f"app.kubernetes.io/instance={RELEASE}"
+    for kind in ("deployments", "pods", "services", "secrets", "serviceaccounts", "roles",
+                 "rolebindings", "statefulsets", "networkpolicies"):  # fmt: skip
+        listed = ("kubectl", "get", kind, "-n", namespace, "-l", instance, "-o", "name")
+        wait_for(lambda a=listed: not harness.run(*a).stdout.strip(), timeout=60,
+                 what=f"the release's {kind} to go")  # fmt: skip
+    for kind in ("clusterroles", "clusterrolebindings", "validatingwebhookconfigurations"):
+        assert not harness.run("kubectl", "get", kind, "-l", instance, "-o", "name").stdout.strip()
+    for crd in CRDS:
+        harness.run("kubectl", "get", "crd", crd)
+    assert _phase(harness, namespace, "order-42") == "Completed"  # the runs are still there
+
+
+def _phase(harness: Harness, namespace: str, name: str) -> str:
+    return harness.run(
+        "kubectl", "get", "wfr", name, "-n", namespace, "-o", "jsonpath={.status.phase}",
+        check=False,
+    ).stdout  # fmt: skip
