@@ -44,14 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from kflow.controller.main import run_operator
+    from kflow.serde import describe_validation_error
     from kflow.settings import OperatorSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         settings = OperatorSettings()
-    except ValidationError as exc:
-        print(f"kflow operator: bad settings: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # field names and messages only: never the DSN's value
+        print(f"kflow operator: bad settings: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
     asyncio.run(run_operator(settings))
     return 0

@@ -284,9 +284,9 @@ class Engine:
 
     async def retry(self, run_id: uuid.UUID) -> SegmentOutcome:
         """Make a Failed or Blocked run runnable again, keeping its completed steps: failed
-        steps and timed-out waits run again, and a passed deadline starts over. A run that
-        a cancel began to undo goes back to Compensating instead: its failed compensations
-        run again, the handler does not. (Compensations a handler ran itself are its own
+        steps and timed-out waits run again, and a passed deadline starts over. A cancelled
+        run goes back to Compensating instead: its failed (or never run) compensations run,
+        the handler does not. (Compensations a handler ran itself are its own
         business: retrying such a run replays the handler.)"""
         # No steal: a Failed or Blocked run has no live holder, and a refused retry must
         # not fence out a segment that is running.
@@ -296,11 +296,10 @@ class Engine:
                     f"run {run_id} is {run.status.value}: only Failed or Blocked runs retry"
                 )
             now = self.clock.now()
-            history, _ = await self.store.load_history(run.run_id)
-            cancelled = (run.error or "").startswith(CANCELLED)
-            if cancelled and any(s.status in _UNDOING for s in history):
-                # A cancel began to undo this run: retrying finishes the undoing (failed
-                # compensations run again), it never runs the handler forward again.
+            if (run.error or "").startswith(CANCELLED):
+                # A cancel stopped this run: retrying finishes the undoing (failed
+                # compensations run again, or all of them if its executor never got to
+                # them); it never runs the handler forward again.
                 await self._finish(run, RunStatus.COMPENSATING, error=run.error)
                 return _outcome(run.run_id, RunStatus.COMPENSATING, ready_at=now)
             await self.store.forget_failures(run.run_id, run.lease_epoch)
@@ -500,9 +499,6 @@ class Engine:
             status = RunStatus.COMPENSATED if undone else RunStatus.CANCELLED_BY_OPERATOR
         await self._finish(run, status, error=error, completed_at=now)
         return _outcome(run.run_id, status, error=error)
-
-
-_UNDOING = (StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
 
 
 class _Renewal:

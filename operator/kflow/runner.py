@@ -59,6 +59,7 @@ async def run_once(
             schema=settings.schema_name,
             timeout=settings.db_timeout.total_seconds(),
             max_size=4,
+            migrate=False,  # the operator owns the schema: runners need no DDL rights
         )
     except TransientError as exc:
         report(error=str(exc))
@@ -99,10 +100,15 @@ async def run_once(
 def main(run: str, *, steal: bool = False) -> int:
     from pydantic import ValidationError
 
+    from kflow.serde import describe_validation_error
+
     try:
         settings = StoreSettings()
         run_id = uuid.UUID(run)
-    except (ValidationError, ValueError) as exc:
-        print(f"kflow runner: bad settings: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # field names and messages only: never the DSN's value
+        print(f"kflow runner: bad settings: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"kflow runner: bad settings: --run: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(run_once(settings, run_id, steal=steal))

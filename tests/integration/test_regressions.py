@@ -96,6 +96,23 @@ async def test_retry_after_a_failed_cancel_finishes_undoing_never_goes_forward(m
         assert undone == ["ch_2"]
 
 
+async def test_a_cancel_whose_executor_gave_up_before_undoing_retries_the_undoing(
+    make_env,
+) -> None:
+    # The pod executor: cancel marks the run, then the compensation Pods never start.
+    async with make_env(bounded_pay, refund) as env:
+        waiting = await env.execute(bounded_pay)
+        marked = await env.engine.cancel(waiting.run_id, "stop", compensate=False)
+        assert marked.status is RunStatus.COMPENSATING and undone == []
+        failed = await env.engine.fail(waiting.run_id, "its segment failed 4 times in a row")
+        assert failed.status is RunStatus.FAILED
+        assert failed.error == "cancelled: stop; its segment failed 4 times in a row"
+        again = await env.engine.retry(waiting.run_id)
+        assert again.status is RunStatus.COMPENSATING  # never forward: the order was cancelled
+        done = await env.drive(waiting.run_id)
+        assert done.status is RunStatus.COMPENSATED and undone == ["ch_1"]
+
+
 async def test_compensation_arguments_that_no_longer_fit_fail_only_that_compensation(
     make_env,
 ) -> None:

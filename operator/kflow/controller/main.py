@@ -15,6 +15,7 @@ import kopf
 from kflow.clock import SystemClock
 from kflow.controller.handlers import build_registry
 from kflow.controller.kube import KubeApi
+from kflow.controller.pods import RUN_LABEL
 from kflow.controller.runtime import Controller
 from kflow.controller.webhook import webhook_server
 from kflow.engine import Engine
@@ -69,6 +70,8 @@ async def run_operator(
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.posting.enabled = False  # kflow posts its own Events, on phase changes
     kopf_settings.persistence.finalizer = "kflow.io/finalizer"
+    # Only segment Pods, filtered by the API server (kopf's own filter is client-side).
+    kopf_settings.watching.label_selectors["v1", "pods"] = RUN_LABEL
     if settings.webhook_port:
         kopf_settings.admission.server = webhook_server(settings)
         if settings.webhook_name:
@@ -81,6 +84,8 @@ async def run_operator(
         asyncio.create_task(controller.run(), name="kflow-timers"),
         asyncio.create_task(listener.run(), name="kflow-progress"),
     ]
+    for task in background:  # they run until cancelled: an end is a bug to see at once
+        task.add_done_callback(_report_end)
     try:
         await kopf.operator(
             registry=build_registry(admission=bool(settings.webhook_port)),
@@ -96,10 +101,15 @@ async def run_operator(
     finally:
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # reported already
                 await task
         await controller.inline.drain()
         await controller.pods.drain()
         await engine.close()
         await kube.close()
         await store.close()
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())

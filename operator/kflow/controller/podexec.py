@@ -47,6 +47,9 @@ __all__ = ["PodExecutor"]
 
 log = logging.getLogger(__name__)
 
+_LOST_NODE_MARGIN = timedelta(seconds=30)
+"""How long past its deletion deadline a Pod may still look alive before it counts as gone."""
+
 Placement = tuple[RunRef, PodTemplate] | str | None
 """Where a run's next Pod goes; a string says why it cannot go anywhere; None: run gone."""
 
@@ -74,10 +77,10 @@ class PodExecutor:
         self._live: dict[uuid.UUID, str] = {}
         """The Pod running each run's segment ("" while it is being dispatched)."""
         self._namespaces: dict[uuid.UUID, str] = {}
-        self._again: set[uuid.UUID] = set()
         self._steal: set[uuid.UUID] = set()
         self._failures: dict[uuid.UUID, int] = {}
         self._killed: set[str] = set()
+        self._cancelling: set[uuid.UUID] = set()
         self._ended: dict[str, PodEnd] = {}
         self._started: set[str] = set()
         self._problems: dict[str, str] = {}
@@ -100,22 +103,36 @@ class PodExecutor:
         if steal:
             self._steal.add(run_id)
         if run_id in self._live:
-            self._again.add(run_id)
-            return
+            return  # what moved the run is in the store: the Pod's outcome will show it
         self._live[run_id] = ""
         self._spawn(self._dispatch(run_id))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished_task)
+
+    def _finished_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pod executor task failed", exc_info=task.exception())
 
     async def _dispatch(self, run_id: uuid.UUID) -> None:
+        try:
+            await self._dispatch_once(run_id)
+        except Exception as exc:  # never leave the run marked as dispatching forever
+            log.exception("run %s: dispatching a segment failed unexpectedly", run_id)
+            if self._live.get(run_id) == "":
+                del self._live[run_id]
+            self._retry(run_id, f"unexpected {type(exc).__name__}")
+
+    async def _dispatch_once(self, run_id: uuid.UUID) -> None:
         try:
             placed = await self._placement(run_id)
             if placed is None or isinstance(placed, str):
                 del self._live[run_id]
                 if isinstance(placed, str):
+                    await self._on_problem(run_id, "NoPodTemplate", placed)
                     await self._give_up(run_id, placed, blocked=True)
                 return
             ref, template = placed
@@ -125,6 +142,7 @@ class PodExecutor:
             if alive:
                 name = alive[0]["metadata"]["name"]
                 log.info("run %s: adopting its segment Pod %s", run_id, name)
+                self._steal.discard(run_id)  # the next Pod follows this live one
                 self._observe(alive[0])
             else:
                 segment = await self._engine.store.next_dispatch(run_id)
@@ -139,6 +157,8 @@ class PodExecutor:
                 await self._failed(run_id, f"the segment Pod was refused: {exc}")
             else:
                 self._retry(run_id, f"cannot dispatch a segment: {exc}")
+            return
+        if run_id not in self._live:  # forgotten meanwhile: its WorkflowRun is gone
             return
         self._live[run_id] = name
         if name in self._ended:  # it ended while we looked
@@ -177,21 +197,26 @@ class PodExecutor:
             return
         deleted = kind == "DELETED"
         end = pod_end(pod, deleted=deleted)
-        if deleted:
-            self._forget_pod(name)
-        elif end is not None:
-            self._ended[name] = end
-            finished = _finished_at(pod) or self._engine.clock.now()
-            delay = finished + self._settings.pod_ttl - self._engine.clock.now()
-            self._arm(name, delay, self._delete, str(meta.get("namespace")), name, None)
-        if self._live.get(run_id) != name:
-            return
+        live = self._live.get(run_id) == name
         if end is not None:
-            self._end(run_id, name, end)
+            if live:
+                self._end(run_id, name, end)
+            if deleted:
+                self._forget_pod(name)
+            else:
+                self._ended[name] = end
+                finished = _finished_at(pod) or self._engine.clock.now()
+                self._arm(name, finished + self._settings.pod_ttl - self._engine.clock.now(),
+                          self._delete, str(meta.get("namespace")), name)  # fmt: skip
             return
-        self._observe(pod)
+        self._observe(pod)  # also before its name is recorded: events may come first
+        if meta.get("deletionTimestamp"):
+            # A Pod on a lost node never reports its end: give it its grace period.
+            gone_by = datetime.fromisoformat(str(meta["deletionTimestamp"]).replace("Z", "+00:00"))
+            self._arm(f"{name}/gone", gone_by + _LOST_NODE_MARGIN - self._engine.clock.now(),
+                      self._vanished, run_id, name)  # fmt: skip
         problem = pod_problem(pod)
-        if problem is not None and problem != self._problems.get(name):
+        if live and problem is not None and problem != self._problems.get(name):
             self._problems[name] = problem  # reported once, while it lasts
             self._spawn(self._on_problem(run_id, "PodNotStarting", f"pod {name}: {problem}"))
 
@@ -201,9 +226,22 @@ class PodExecutor:
             self._started.add(name)
             self._disarm(f"{name}/start")
 
+    async def _vanished(self, run_id: uuid.UUID, name: str) -> None:
+        if self._live.get(run_id) == name:
+            self._end(
+                run_id,
+                name,
+                PodEnd(
+                    False,
+                    "the Pod did not end within its grace "
+                    "period after deletion (its node is lost?)",
+                ),
+            )
+
     def _forget_pod(self, name: str) -> None:
         self._disarm(name)
         self._disarm(f"{name}/start")
+        self._disarm(f"{name}/gone")
         self._ended.pop(name, None)
         self._started.discard(name)
         self._killed.discard(name)
@@ -212,14 +250,17 @@ class PodExecutor:
     def _end(self, run_id: uuid.UUID, name: str, end: PodEnd) -> None:
         del self._live[run_id]  # at once: the end is handled once
         self._disarm(f"{name}/start")
-        killed = name in self._killed
+        self._disarm(f"{name}/gone")
+        # A Pod that a cancel stopped (or that ended while the cancel took its lease)
+        # did not fail: the run goes on to its compensations.
+        stopped = name in self._killed or run_id in self._cancelling
         self._killed.discard(name)
-        self._spawn(self._after(run_id, name, end, killed=killed))
+        self._cancelling.discard(run_id)
+        self._spawn(self._after(run_id, name, end, stopped=stopped))
 
-    async def _after(self, run_id: uuid.UUID, name: str, end: PodEnd, *, killed: bool) -> None:
-        again = run_id in self._again
-        self._again.discard(run_id)
-        if not end.ok and not killed:
+    async def _after(self, run_id: uuid.UUID, name: str, end: PodEnd, *, stopped: bool) -> None:
+        # An event or wake-up that came while the Pod ran is in the store: `outcome` sees it.
+        if not end.ok and not stopped:
             await self._failed(run_id, f"pod {name}: {end.message}")
             return
         self._failures.pop(run_id, None)
@@ -231,26 +272,23 @@ class PodExecutor:
             self._retry(run_id, f"cannot read the run after its segment: {exc}")
             return
         await self._on_outcome(outcome)
-        if (again or killed) and not (outcome.status.is_terminal or outcome.status.is_blocked):
-            self.submit(run_id)
 
     async def _not_started(self, run_id: uuid.UUID, name: str) -> None:
         if self._live.get(run_id) != name or name in self._started:
             return
-        del self._live[run_id]
         problem = self._problems.get(name) or "still Pending"
         timeout = self._settings.pod_start_timeout.total_seconds()
+        namespace = self._namespaces[run_id]
+        self._end(run_id, name, PodEnd(False, f"did not start within {timeout:.0f}s: {problem}"))
         try:
-            await self._kube.delete_pod(self._namespaces[run_id], name, grace_seconds=0)
+            await self._kube.delete_pod(namespace, name, grace_seconds=0)
         except (ApiError, OSError) as exc:
             log.warning("could not delete Pod %s that did not start: %s", name, exc)
-        await self._failed(run_id, f"pod {name} did not start within {timeout:.0f}s: {problem}")
 
     # -- failures -----------------------------------------------------------------------
 
     async def _failed(self, run_id: uuid.UUID, message: str) -> None:
         """A segment failed outside the run's code: retry it with backoff, up to the limit."""
-        self._again.discard(run_id)
         failures = self._failures.get(run_id, 0) + 1
         limit = self._settings.segment_retries
         if failures > limit:
@@ -285,25 +323,35 @@ class PodExecutor:
 
     # -- cancel, cleanup ----------------------------------------------------------------
 
+    def cancelling(self, run_id: uuid.UUID) -> None:
+        """A cancel is about to take the run's lease: its running Pod's end (killed, or
+        fenced out) is not a failure."""
+        if self._live.get(run_id):
+            self._cancelling.add(run_id)
+
     async def kill(self, run_id: uuid.UUID) -> None:
         """Stop the run's running segment Pod (with the grace period); the next segment is
         dispatched when it has ended."""
         name = self._live.get(run_id)
         if not name:
+            self._cancelling.discard(run_id)
             return
         self._killed.add(name)
         grace = self._settings.pod_grace_seconds
         await self._kube.delete_pod(self._namespaces[run_id], name, grace_seconds=grace)
 
-    async def _delete(self, namespace: str, name: str, grace: int | None) -> None:
+    async def _delete(self, namespace: str, name: str) -> None:
+        """A finished Pod's time is up (``pod_ttl``)."""
         try:
-            await self._kube.delete_pod(namespace, name, grace_seconds=grace)
+            await self._kube.delete_pod(namespace, name, grace_seconds=None)
         except (ApiError, OSError) as exc:
-            log.warning("could not delete finished Pod %s/%s: %s", namespace, name, exc)
+            log.warning("could not delete finished Pod %s/%s (again in 60s): %s",
+                        namespace, name, exc)  # fmt: skip
+            self._arm(name, timedelta(seconds=60), self._delete, namespace, name)
 
     def forget(self, run_id: uuid.UUID) -> None:
         """The run's WorkflowRun is gone (its Pods go with it, by owner reference)."""
-        for state in (self._again, self._steal):
+        for state in (self._steal, self._cancelling):
             state.discard(run_id)
         self._failures.pop(run_id, None)
         self._namespaces.pop(run_id, None)

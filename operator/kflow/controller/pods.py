@@ -73,6 +73,8 @@ def segment_pod(
         "args": ["runner", "--run", ref.uid, *(["--steal"] if steal else [])],
         "env": env,
         "envFrom": template.env_from,
+        # The root filesystem is read-only: workflow code gets a writable /tmp.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -87,6 +89,7 @@ def segment_pod(
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if template.service_account_name or service_account:
         spec["serviceAccountName"] = template.service_account_name or service_account

@@ -141,6 +141,8 @@ class Controller:
         return ref, placement.template
 
     async def _pod_problem(self, run_id: uuid.UUID, reason: str, message: str) -> None:
+        if self._problems.get(run_id) == message:
+            return  # said already (a finalizer polling a run nothing can undo, say)
         self._problems[run_id] = message
         self.mirror.touch(run_id)
         ref = self._refs.get(run_id)
@@ -235,12 +237,15 @@ class Controller:
         except InvalidInput as exc:
             await self.refuse(ref, "InvalidInput", str(exc))
             return
-        self._refs[run_id] = ref  # only now: a failed start is retried, not skipped
-        self._workflows[run_id] = spec.workflow
-        self._versions[run_id] = run.workflow_version
-        self._set_phase(run_id, run.status)
+        self._track(ref, run)  # only now: a failed start is retried, not skipped
         self._continue(run, steal=resumed)
         self.mirror.touch(run_id)
+
+    def _track(self, ref: RunRef, run: RunRecord) -> None:
+        self._refs[run.run_id] = ref
+        self._workflows[run.run_id] = run.workflow_name
+        self._versions[run.run_id] = run.workflow_version
+        self._set_phase(run.run_id, run.status)
 
     def _continue(self, run: RunRecord, *, steal: bool) -> None:
         if run.status.is_terminal:
@@ -276,9 +281,13 @@ class Controller:
             except RunNotFound:
                 run = None
             if run is not None and not run.status.is_terminal:
+                if run_id not in self._refs:  # kopf resumes no object already being deleted
+                    self._track(ref, run)
                 if self._executor(run_id) is self.pods:
                     if run.status != RunStatus.COMPENSATING:
                         await self._cancel(run_id, "the WorkflowRun was deleted")
+                    elif self.pods.pod_of(run_id) is None:
+                        self._submit(run_id)  # e.g. after a restart: nothing undoes it yet
                     return False
                 await self.engine.cancel(run_id, "the WorkflowRun was deleted")
         except TransientError as exc:
@@ -304,6 +313,8 @@ class Controller:
         """Cancel the run: inline, compensations run now; in Pods, the running segment Pod
         is stopped (the lease taken from it first) and the next Pod compensates."""
         in_pods = self._executor(run_id) is self.pods
+        if in_pods:
+            self.pods.cancelling(run_id)
         outcome = await self.engine.cancel(run_id, reason, compensate=not in_pods)
         if in_pods:
             await self.pods.kill(run_id)
@@ -454,6 +465,10 @@ class Controller:
         reason = action.value or f"{action.verb} requested by annotation"
         try:
             if action.verb == "cancel":
+                if self._executor(run_id) is self.pods:
+                    run = await self.engine.get_run(run_id)
+                    if run.status == RunStatus.COMPENSATING:  # do not kill the undoing Pod
+                        raise KflowError(f"run {run_id} is being cancelled already")
                 await self._cancel(run_id, reason)
             else:
                 if action.verb == "retire":
