@@ -137,9 +137,12 @@ def test_a_pod_killed_mid_step_is_retried_and_steps_run_once(
         os.kill(pid, signal.SIGKILL)  # mid-step: the second step sleeps before it records
     status = runs.wait_phase("killed", "Completed", timeout=60)
     assert lines(log) == ["work-0", "work-1", "work-2", "work-3"]
-    assert [s["attempts"] for s in status["steps"]] == [1, 1, 1, 1]
+    # The interrupted step may show a second attempt (it had been recorded as running).
+    attempts = [s["attempts"] for s in status["steps"]]
+    assert attempts[0] == 1 and attempts[2:] == [1, 1] and attempts[1] in (1, 2)
     assert len(pods(runs, "killed")) == 2
     assert any("SegmentFailed" in e and "code 137" in e for e in runs.events("killed"))
+    assert 'kflow_pod_problems_total{reason="SegmentFailed"} 1.0' in pod_operator.metrics()
 
 
 @pytest.mark.parametrize(

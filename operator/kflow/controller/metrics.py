@@ -6,7 +6,12 @@
 - ``kflow_segments_total{status}``: segments run, by the status they left;
 - ``kflow_event_to_resume_seconds``: from an event's delivery to the end of the segment
   it woke;
-- ``kflow_timer_lateness_seconds``: how late sleep timers fired.
+- ``kflow_timer_lateness_seconds``: how late sleep timers fired;
+- ``kflow_pod_problems_total{reason}``: segment Pods that failed (``SegmentFailed``), do
+  not start (``PodNotStarting``) or cannot be made (``NoPodTemplate``).
+
+Step durations are observed for inline runs; a segment Pod's steps are recorded by its
+runner (their timings are in each run's status and in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class Metrics:
         self.timer_lateness = Histogram(
             "kflow_timer_lateness_seconds", "How late sleep timers fired",
             buckets=_FAST, registry=r,
+        )  # fmt: skip
+        self.pod_problems = Counter(
+            "kflow_pod_problems", "Segment Pods that failed, did not start or were not made",
+            ["reason"], registry=r,
         )  # fmt: skip
         for status in RunStatus:
             self.runs.labels(status.value)

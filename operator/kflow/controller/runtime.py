@@ -141,6 +141,7 @@ class Controller:
         return ref, placement.template
 
     async def _pod_problem(self, run_id: uuid.UUID, reason: str, message: str) -> None:
+        self.metrics.pod_problems.labels(reason).inc()
         if self._problems.get(run_id) == message:
             return  # said already (a finalizer polling a run nothing can undo, say)
         self._problems[run_id] = message
