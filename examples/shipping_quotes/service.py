@@ -52,8 +52,8 @@ class QuoteService:
         hang_seconds: float = 10.0,
         verbose: bool = False,
     ) -> None:
-        self.hits: Counter[str] = Counter()
-        """Requests received per carrier, faulty ones included."""
+        self.requests: list[str] = []
+        """The carrier of each quote request received, in order, faulty ones included."""
         self.hang_seconds = hang_seconds
         self.verbose = verbose
         self._faults = {carrier: list(script) for carrier, script in (faults or {}).items()}
@@ -86,10 +86,15 @@ class QuoteService:
     ) -> None:
         self.stop()
 
+    @property
+    def hits(self) -> Counter[str]:
+        """Requests received per carrier."""
+        return Counter(self.requests)
+
     def next_fault(self, carrier: str) -> Fault | None:
-        """Count a request for ``carrier`` and take its next scripted fault, if any."""
+        """Record a request for ``carrier`` and take its next scripted fault, if any."""
         with self._lock:  # requests are served on concurrent threads
-            self.hits[carrier] += 1
+            self.requests.append(carrier)
             script = self._faults.get(carrier)
             return script.pop(0) if script else None
 

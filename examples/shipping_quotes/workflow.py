@@ -4,11 +4,11 @@ At checkout, ask several carriers for the price of shipping one parcel, all at o
 pick the cheapest. Each carrier is one step, the steps run concurrently under
 ``asyncio.gather``, and each calls the carrier-rates API (``service.py`` here; its URL is
 part of the input) through ``ctx.http``: httpx behind a per-host circuit breaker, with
-the request timeout the input asks for. A 503, a timeout or an open breaker is retried
-with exponential backoff; a 4xx (an unknown carrier) fails that step at once, since asking
-again would get the same answer. A carrier still failing after its retries is reported
-as unavailable rather than sinking the comparison; the run fails only if no carrier
-answers.
+the request timeout the input asks for. A 503 or a timeout is retried with exponential
+backoff; a 4xx (an unknown carrier) fails that step at once, since asking again would get
+the same answer. When the API fails for every caller, the breaker opens and attempts fail
+at once without a request. A carrier still failing after its retries is reported as
+unavailable rather than sinking the comparison; the run fails only if no carrier answers.
 
 Each quote is recorded when it arrives. A run that is resumed (after a backoff too long
 to wait in-process, or an operator restart) replays the quotes it has and fetches only
@@ -99,7 +99,8 @@ async def fetch_quote(
 
 @workflow(name="shipping-quotes", version=1, steps=["fetch-quote"], timeout=timedelta(hours=1))
 async def compare_quotes(ctx: WorkflowContext, request: QuoteRequest) -> QuoteComparison:
-    # Per context, not durable: set on every replay, before any request.
+    # An httpx timeout, rather than a step timeout=: it counts as a failure for the breaker.
+    # Per context, not durable: set again on every replay, before any request.
     ctx.set_http_timeout(request.request_timeout)
 
     async def quote_from(carrier: str) -> Quote | None:

@@ -287,6 +287,8 @@ async def test_quotes_are_fetched_in_parallel_and_failures_retried(make_env: Env
             done = await env.execute(compare_quotes, request)
             assert done.status is RunStatus.COMPLETED
             assert service.hits == {"dhl": 3, "ups": 2, "gls": 1, "dpd": 1}
+            # In parallel: every carrier was asked once before any was asked again.
+            assert sorted(service.requests[:4]) == ["dhl", "dpd", "gls", "ups"]
             attempts = {s.key: (s.status, s.attempts) for s in await env.history(done.run_id)}
             assert attempts == {
                 "fetch-quote[dhl]": (StepStatus.COMPLETED, 3),
