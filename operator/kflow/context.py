@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 
@@ -64,6 +64,7 @@ from kflow.workflow import (
 __all__ = ["SegmentEnded", "Services", "Suspended", "WorkflowContext"]
 
 T = TypeVar("T")
+E = TypeVar("E")
 _MISSING: Any = object()
 _DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
 
@@ -75,8 +76,11 @@ class _Scope:
     owner: object
     task: asyncio.Task[Any] | None
     path: str
+    parent: _Scope | None = None
     children: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    suspended: bool = False
+    """This task, or one it started, suspended the segment."""
 
 
 _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("kflow_scope", default=None)
@@ -199,6 +203,10 @@ class WorkflowContext(EnvAccess):
         past = self._deadline is not None and self._svc.clock.now() >= self._deadline
         if new_work and past:
             raise WorkflowTimeout(f"run {self.run_id} passed its deadline {self._deadline}")
+        if new_work and self._suspend is not None and self._scope().suspended:
+            # A suspension came back as a value (gather(..., return_exceptions=True)):
+            # the handler must not go on, on results this segment does not have.
+            raise Suspended(self._suspend)
 
     async def _write(self, step: StepState) -> None:
         self._guard()
@@ -247,7 +255,7 @@ class WorkflowContext(EnvAccess):
         parent = inherited or self._root
         parent.children += 1
         path = f"{parent.path}.{parent.children}" if parent.path else str(parent.children)
-        scope = _Scope(owner=self, task=task, path=path)
+        scope = _Scope(owner=self, task=task, path=path, parent=parent)
         _SCOPE.set(scope)
         return scope
 
@@ -265,6 +273,10 @@ class WorkflowContext(EnvAccess):
     def _suspending(self, reason: SuspendReason) -> Suspended:
         """Remember why the segment ends (for `take_suspend_reason`); raise the result."""
         self._suspend = reason
+        scope: _Scope | None = self._scope()
+        while scope is not None:  # the tasks that wait for this one, up to the handler
+            scope.suspended = True
+            scope = scope.parent
         return Suspended(reason)
 
     def take_suspend_reason(self) -> SuspendReason | None:
@@ -287,6 +299,23 @@ class WorkflowContext(EnvAccess):
         return self
 
     # -- steps ---------------------------------------------------------------------
+
+    # Two signatures so type checkers see an async step's result, not its coroutine.
+    @overload
+    async def step(
+        self, name: str, fn: Callable[..., Awaitable[T]], /, *args: Any,
+        retry: RetryPolicy | None = None, timeout: timedelta | None = None,
+        compensate: Any = None, key: str | None = None, result_type: Any = _MISSING,
+        **kwargs: Any,
+    ) -> T: ...  # fmt: skip
+
+    @overload
+    async def step(
+        self, name: str, fn: Callable[..., T], /, *args: Any,
+        retry: RetryPolicy | None = None, timeout: timedelta | None = None,
+        compensate: Any = None, key: str | None = None, result_type: Any = _MISSING,
+        **kwargs: Any,
+    ) -> T: ...  # fmt: skip
 
     async def step(
         self,
@@ -482,6 +511,16 @@ class WorkflowContext(EnvAccess):
     async def sleep_until(self, wake_at: datetime) -> None:
         """Suspend until ``wake_at``; returns at once if that has passed."""
         await self._waits.sleep_until(wake_at)
+
+    @overload
+    async def wait_for_event(
+        self, name: str, *, timeout: timedelta | None = None, type: type[E]
+    ) -> E: ...
+
+    @overload
+    async def wait_for_event(
+        self, name: str, *, timeout: timedelta | None = None, type: None = None
+    ) -> Any: ...
 
     async def wait_for_event(
         self, name: str, *, timeout: timedelta | None = None, type: Any = None

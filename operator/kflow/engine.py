@@ -438,6 +438,8 @@ class Engine:
             output = encode(result)
         except (Suspended, SegmentEnded):
             pass
+        except BaseExceptionGroup as group:  # a TaskGroup in the handler
+            error = _group_error(group)
         except TransientError:
             raise
         except TimeoutError as exc:
@@ -534,6 +536,26 @@ class _Renewal:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _group_error(group: BaseExceptionGroup) -> str | None:
+    """What a TaskGroup's exceptions mean for the segment: None when its tasks only
+    suspended; a store failure propagates; otherwise the first error fails the run."""
+    _, errors = group.split((Suspended, SegmentEnded))
+    if errors is None:
+        return None
+    transient, _ = errors.split(TransientError)
+    if transient is not None:
+        raise _leaves(transient)[0]
+    first = _leaves(errors)[0]
+    return f"{type(first).__name__}: {first}"
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def _outcome(run_id: uuid.UUID, status: RunStatus, **kwargs: Any) -> SegmentOutcome:

@@ -54,13 +54,23 @@ class CircuitBreakers:
     def before(self, host: str) -> None:
         state = self.state(host)
         b = self._breakers.setdefault(host, _Breaker())
-        if state == "open" or (state == "half-open" and b.trial_in_flight):
+        if state == "open":
             raise CircuitOpenError(
                 f"circuit open for {host} after {b.failures} consecutive failures; "
                 f"retrying after {self.reset_after}"
             )
+        if state == "half-open" and b.trial_in_flight:
+            raise CircuitOpenError(
+                f"circuit open for {host}: a trial request is deciding whether it is back"
+            )
         if state == "half-open":
             b.trial_in_flight = True
+
+    def release(self, host: str) -> None:
+        """A request ended without a verdict on the host: let the next one be the trial."""
+        b = self._breakers.get(host)
+        if b is not None:
+            b.trial_in_flight = False
 
     def record(self, host: str, *, ok: bool) -> None:
         b = self._breakers.setdefault(host, _Breaker())
@@ -92,6 +102,9 @@ class HttpClient:
             response = await self._client.request(method, url, **kwargs)
         except httpx.TransportError:
             self._breakers.record(host, ok=False)
+            raise
+        except BaseException:  # cancelled (a step timeout, a segment ending): no verdict
+            self._breakers.release(host)
             raise
         self._breakers.record(host, ok=response.status_code < 500)
         return response

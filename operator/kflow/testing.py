@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kflow.clock import Clock, VirtualClock
+from kflow.clock import VirtualClock
 from kflow.engine import Engine
 from kflow.localpg import LocalPostgres
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
@@ -36,7 +36,7 @@ __all__ = ["WorkflowTestEnv"]
 class WorkflowTestEnv:
     """An engine on a private schema, with a clock tests control."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: VirtualClock) -> None:
         self.engine = engine
         self.clock = clock
         self.store = engine.store
@@ -47,7 +47,7 @@ class WorkflowTestEnv:
         cls,
         *definitions: WorkflowDefinition | CompensationDefinition | Registry,
         dsn: str | None = None,
-        clock: Clock | None = None,
+        clock: VirtualClock | None = None,
         **engine_options: Any,
     ) -> AsyncIterator[WorkflowTestEnv]:
         """Open an environment for ``definitions`` (or a ready `Registry`)."""
@@ -61,9 +61,10 @@ class WorkflowTestEnv:
             store = await Store.open(dsn, schema=f"kflow_test_{uuid.uuid4().hex[:12]}")
             stack.push_async_callback(store.close)
             stack.push_async_callback(store.drop)
-            engine = Engine(store, registry, clock=clock or VirtualClock(), **engine_options)
+            clock = clock or VirtualClock()
+            engine = Engine(store, registry, clock=clock, **engine_options)
             stack.push_async_callback(engine.close)
-            yield cls(engine, engine.clock)
+            yield cls(engine, clock)
 
     async def execute(
         self, workflow: str | WorkflowDefinition, input: Any = None, **options: Any

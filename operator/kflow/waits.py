@@ -116,7 +116,9 @@ class Waits:
             ))  # fmt: skip
             ctx._reach(now)
             return _parse_event(name, payload, type)
-        deadline = state.wake_at if state is not None else (now + timeout if timeout else None)
+        deadline = (
+            state.wake_at if state is not None else (now + timeout if timeout is not None else None)
+        )
         if deadline is not None and now >= deadline:
             message = f"event {name!r} did not arrive by {deadline.isoformat()}"
             base = state or StepState(key=key, name=name, kind=StepKind.EVENT, started_at=now)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
 from kflow import (
+    EventTimeout,
     KflowError,
     PersistenceError,
     RunStatus,
@@ -229,3 +231,68 @@ async def test_retry_replays_a_handler_that_compensated_on_its_own(make_env) -> 
         done = await env.drive(failed.run_id)
         assert done.status is RunStatus.COMPLETED and done.output == "shipped"
         assert undone == ["h1"]  # nothing compensated twice
+
+
+async def test_a_sleep_inside_a_task_group_suspends_the_run(make_env) -> None:
+    @workflow(name="grouped-sleep", steps=["after"])
+    async def grouped(ctx: WorkflowContext) -> str:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.sleep(timedelta(hours=1)))
+        return await ctx.step("after", lambda: "woke")
+
+    async with make_env(grouped) as env:
+        run = await env.engine.start(grouped)
+        first = await env.engine.run_segment(run.run_id)
+        assert first.status is RunStatus.WAITING  # not stuck Running
+        done = await env.drive(first.run_id)
+        assert (done.status, done.output) == (RunStatus.COMPLETED, "woke")
+
+
+async def test_a_failure_in_a_task_group_fails_the_run(make_env) -> None:
+    @workflow(name="grouped-failure", steps=["boom"])
+    async def grouped(ctx: WorkflowContext) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step("boom", lambda: 1 / 0))
+            group.create_task(ctx.sleep(timedelta(hours=1)))
+
+    async with make_env(grouped) as env:
+        outcome = await env.execute(grouped)
+        assert outcome.status is RunStatus.FAILED and "ZeroDivisionError" in str(outcome.error)
+
+
+async def test_a_suspension_returned_by_gather_stops_the_handler(make_env) -> None:
+    seen: list[object] = []
+
+    @workflow(name="swallowed", steps=["a", "summary"])
+    async def swallowed(ctx: WorkflowContext) -> list[object]:
+        async def a() -> str:
+            await ctx.sleep(timedelta(minutes=5))
+            return await ctx.step("a", lambda: "a")
+
+        results = await asyncio.gather(a(), return_exceptions=True)
+        seen.append(type(results[0]).__name__)
+        return await ctx.step("summary", lambda: list(results))
+
+    async with make_env(swallowed) as env:
+        run = await env.engine.start(swallowed)
+        first = await env.engine.run_segment(run.run_id)
+        assert first.status is RunStatus.WAITING
+        history = await env.engine.history(first.run_id)
+        assert "summary" not in {s.key for s in history}  # not recorded on a suspension
+        done = await env.drive(first.run_id)
+        assert (done.status, done.output) == (RunStatus.COMPLETED, ["a"])
+        assert seen[-1] == "str" and set(seen[:-1]) == {"Suspended"}
+
+
+async def test_an_event_wait_with_a_zero_timeout_times_out_at_once(make_env) -> None:
+    @workflow(name="no-patience", events=["go"])
+    async def impatient(ctx: WorkflowContext) -> str:
+        try:
+            await ctx.wait_for_event("go", timeout=timedelta(0))
+        except EventTimeout:
+            return "gave up"
+        return "went"
+
+    async with make_env(impatient) as env:
+        outcome = await env.execute(impatient)
+        assert (outcome.status, outcome.output) == (RunStatus.COMPLETED, "gave up")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -83,6 +84,28 @@ async def test_circuit_breaker_opens_half_opens_and_closes() -> None:
         clock.advance(timedelta(seconds=30))
         status["code"] = 200
         assert (await http.post("http://svc/d")).status_code == 200
+        assert breakers.state("http://svc/") == "closed"
+
+
+async def test_a_cancelled_trial_request_does_not_keep_the_circuit_open() -> None:
+    clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    hang = {"on": False}
+
+    async def respond(request: httpx.Request) -> httpx.Response:
+        if hang["on"]:
+            await asyncio.sleep(3600)
+        return httpx.Response(503 if not hang.get("healthy") else 200)
+
+    breakers = CircuitBreakers(clock, failure_threshold=1, reset_after=timedelta(seconds=30))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as raw:
+        http = HttpClient(raw, breakers, timeout=None)
+        await http.get("http://svc/")
+        clock.advance(timedelta(seconds=30))
+        hang["on"] = True
+        with pytest.raises(TimeoutError):  # the trial is cancelled (a step's timeout)
+            await asyncio.wait_for(http.get("http://svc/"), timeout=0.05)
+        hang.update(on=False, healthy=True)
+        assert (await http.get("http://svc/")).status_code == 200  # the next one tries
         assert breakers.state("http://svc/") == "closed"
 
 

@@ -95,7 +95,7 @@ def up(args: argparse.Namespace) -> int:
     print(f"cluster {args.name!r} up in {time.monotonic() - started:.1f}s: {cluster.server}")
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     if "dsn" in info:
-        print(f"export KFLOW_DATABASE_URL={info['dsn']}")
+        print(f"export KFLOW_DSN={info['dsn']}")
     helm = cache_root() / "tools" / "bin"
     if helm.is_dir():
         print(f'export PATH="{helm}:$PATH"   # helm')
