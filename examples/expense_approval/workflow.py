@@ -9,9 +9,9 @@ approver's manager, who has ``escalate_within`` (2 days); after that it is rejec
 automatically. An approved claim is paid out, and the employee hears the outcome.
 
 Shows: ``ctx.wait_for_event`` with a timeout and a typed payload; `EventTimeout`; a
-malformed payload (`EventPayloadError`) skipped without moving the deadline, using the
-replay-safe ``ctx.workflow_time()``; a second wait on the same event name (a decision
-sent late, during the escalation, waits in the run's inbox and is not lost). Who may
+malformed payload set aside by kflow without moving the deadline (the run's status
+names the field at fault); a second wait on the same event name (a decision sent late,
+during the escalation, waits in the run's inbox and is not lost). Who may
 decide is who may annotate the WorkflowRun: Kubernetes RBAC. Messages and pay-outs go to
 the workflow's KV store, standing in for a mailer and a payments service.
 """
@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from kflow import EventPayloadError, EventTimeout, WorkflowContext, workflow
+from kflow import EventTimeout, WorkflowContext, workflow
 
 
 class ExpenseClaim(BaseModel):
@@ -77,18 +77,13 @@ async def pay_out(ctx: WorkflowContext, claim: ExpenseClaim) -> str:
 
 
 async def wait_for_decision(ctx: WorkflowContext, within: timedelta) -> Decision | None:
-    """The next well-formed decision arriving within ``within``, or None."""
-    # workflow_time() is the same on every replay, so the deadline is too.
-    deadline = ctx.workflow_time() + within
-    while (left := deadline - ctx.workflow_time()) > timedelta(0):
-        try:
-            decision: Decision = await ctx.wait_for_event("decision", timeout=left, type=Decision)
-            return decision
-        except EventPayloadError:
-            continue  # a mistyped annotation is consumed; the run keeps waiting
-        except EventTimeout:
-            return None
-    return None
+    """The next well-formed decision arriving within ``within``, or None. A mistyped
+    decision is set aside by kflow (shown on the run's status, with the field at fault)
+    and the wait goes on, with the same deadline."""
+    try:
+        return await ctx.wait_for_event("decision", timeout=within, type=Decision)
+    except EventTimeout:
+        return None
 
 
 def verdict(decision: Decision | None) -> Verdict:

@@ -527,9 +527,9 @@ class WorkflowContext(EnvAccess):
     ) -> Any:
         """The next event ``name`` sent to this run (kept in its inbox if it came early).
 
-        Suspends until it arrives; raises `EventTimeout` after ``timeout`` and
-        `EventPayloadError` (naming the field) when the payload does not parse as ``type``.
-        """
+        Suspends until it arrives; raises `EventTimeout` after ``timeout``. An event whose
+        payload does not parse as ``type`` is set aside with the reason (the run's status
+        shows it rejected, naming the field) and the wait goes on."""
         return await self._waits.wait_for_event(name, timeout=timeout, type=type)
 
     # -- saved state ---------------------------------------------------------------

@@ -127,6 +127,13 @@ def test_bad_payloads_are_reported_and_lose_nothing(
     assert "not JSON" in rejected[0]["message"]
     assert any(e.startswith("EventRejected") for e in runs.events("picky"))
     assert runs.status("picky")["phase"] == "Waiting"
+    # Valid JSON that does not fit the wait's type: set aside by the wait, reported alike.
+    runs.annotate("picky", "event.kflow.io/approved", '{"who": "cy"}')
+    wait_for(lambda: len(runs.rejected("picky")) == 2, what="the misfit's rejection")
+    assert any("by: Field required" in e["message"] for e in runs.rejected("picky"))
+    wait_for(lambda: any("approved: event 'approved': payload does not match" in e
+                         for e in runs.events("picky")), what="its EventRejected")  # fmt: skip
+    assert runs.status("picky")["phase"] == "Waiting"
     runs.annotate("picky", "event.kflow.io/approved", '{"by": "cy"}')
     assert runs.wait_phase("picky", "Completed")["output"] == "cy"
 

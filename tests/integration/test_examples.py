@@ -152,10 +152,10 @@ async def test_a_malformed_decision_is_skipped_and_the_deadline_kept(make_env: E
         assert done.output["payout_id"] is None
         assert await env.store.kv_keys(EXPENSES, "payouts/") == []
         waits = [s for s in await env.history(waiting.run_id) if s.key.startswith("@event")]
-        assert [(w.key, w.status) for w in waits] == [
-            ("@event:decision#1", StepStatus.COMPLETED),  # consumed the typo
-            ("@event:decision#2", StepStatus.COMPLETED),
-        ]
+        assert [(w.key, w.status) for w in waits] == [("@event:decision#1", StepStatus.COMPLETED)]
+        typo, decision = await env.store.list_events(waiting.run_id)
+        assert "approved: Field required" in typo["rejected"]  # set aside, with the reason
+        assert decision["consumed_by"] == "@event:decision#1" and decision["rejected"] is None
 
 
 async def test_undecided_claim_is_escalated_to_the_manager(make_env: EnvFactory) -> None:

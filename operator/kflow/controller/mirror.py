@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from kflow.clock import Clock
 from kflow.controller.kube import ApiError, KubeApi
@@ -55,6 +56,7 @@ class StatusMirror:
         interval: timedelta,
         ref: Callable[[uuid.UUID], RunRef | None],
         executor: Callable[[uuid.UUID], ExecutorView | None],
+        on_rejected: Callable[[uuid.UUID, str, str], Awaitable[None]],
         max_steps: int,
         max_output_bytes: int,
     ) -> None:
@@ -64,6 +66,9 @@ class StatusMirror:
         self._interval = interval.total_seconds()
         self._ref = ref
         self._executor = executor
+        self._on_rejected = on_rejected
+        self._since = clock.now()
+        self._reported: dict[uuid.UUID, set[int]] = {}
         self._max_steps = max_steps
         self._max_output = max_output_bytes
         self._dirty: set[uuid.UUID] = set()
@@ -88,6 +93,7 @@ class StatusMirror:
         self._dirty.discard(run_id)
         self._last.pop(run_id, None)
         self.rejected.pop(run_id, None)
+        self._reported.pop(run_id, None)
         self._wakeups.pop(run_id, None)
         task = self._flushers.pop(run_id, None)
         if task is not None and task is not asyncio.current_task():
@@ -121,6 +127,18 @@ class StatusMirror:
                 del self._flushers[run_id]
                 self._wakeups.pop(run_id, None)
 
+    async def _report_rejections(self, run_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
+        """Events a wait set aside (their payload did not fit its type) are reported once,
+        as they are seen; those set aside before this operator started are on the status."""
+        reported = self._reported.setdefault(run_id, set())
+        for e in events:
+            if not e.get("rejected") or e["id"] in reported:
+                continue
+            reported.add(e["id"])
+            at = e.get("consumed_at")
+            if at is None or datetime.fromisoformat(at) >= self._since:
+                await self._on_rejected(run_id, e["name"], e["rejected"])
+
     async def flush(self, run_id: uuid.UUID) -> None:
         """Write the run's status now (if it changed)."""
         ref = self._ref(run_id)
@@ -143,6 +161,7 @@ class StatusMirror:
             max_steps=self._max_steps,
             max_output_bytes=self._max_output,
         )
+        await self._report_rejections(run_id, events)
         status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
         status.executor = self._executor(run_id)
         if status == self._last.get(run_id):

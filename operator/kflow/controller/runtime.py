@@ -99,6 +99,7 @@ class Controller:
             interval=settings.status_interval,
             ref=self._refs.get,
             executor=self._executor_view,
+            on_rejected=self._payload_rejected,
             max_steps=settings.max_status_steps,
             max_output_bytes=settings.max_status_output_bytes,
         )
@@ -149,6 +150,11 @@ class Controller:
         ref = self._refs.get(run_id)
         if ref is not None:
             await self._event(ref, "Warning", reason, message)
+
+    async def _payload_rejected(self, run_id: uuid.UUID, name: str, reason: str) -> None:
+        ref = self._refs.get(run_id)
+        if ref is not None:
+            await self._event(ref, "Warning", "EventRejected", f"{name}: {reason}")
 
     def _executor_view(self, run_id: uuid.UUID) -> ExecutorView | None:
         if self._executor(run_id) is self.inline:

@@ -3,7 +3,7 @@
 The status is a bounded summary: the last `max_steps` records (the count of older ones in
 ``stepsOmitted``), the output only when it is small, errors cut to a length, so that a
 run with thousands of steps or a large output stays far below etcd's object limit. The
-whole is in PostgreSQL (``kubectl kflow describe``).
+whole is in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -126,8 +126,13 @@ def build_status(
                 EventDelivery.model_validate(
                     {
                         "name": e["name"],
-                        "state": "consumed" if e["consumed_by"] else "pending",
-                        "consumedBy": e["consumed_by"],
+                        "state": "rejected"
+                        if e.get("rejected")
+                        else "consumed"
+                        if e["consumed_by"]
+                        else "pending",
+                        "consumedBy": None if e.get("rejected") else e["consumed_by"],
+                        "message": _cut(e.get("rejected")),
                     }
                 )
                 for e in events[-MAX_EVENTS:]

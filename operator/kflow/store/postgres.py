@@ -419,6 +419,34 @@ class Store:
         return bool(row["found"]), row["payload"]
 
     @_wrap_errors
+    async def next_event(self, run_id: uuid.UUID, name: str) -> tuple[int, Any] | None:
+        """The oldest pending ``name`` event (id, payload), left pending."""
+        row = await self.pool.fetchrow(
+            "SELECT id, payload FROM events WHERE run_id = $1 AND name = $2"
+            " AND consumed_by IS NULL ORDER BY id LIMIT 1",
+            run_id,
+            name,
+        )
+        return None if row is None else (int(row["id"]), row["payload"])
+
+    @_wrap_errors
+    async def reject_event(
+        self, run_id: uuid.UUID, epoch: int, event_id: int, *, wait_key: str, reason: str,
+        now: datetime,
+    ) -> None:  # fmt: skip
+        """Set a pending event aside with ``reason``: no wait will consume it."""
+        leased = await self.pool.fetchval(
+            """WITH lease AS (SELECT run_id FROM runs
+                              WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE),
+               upd AS (UPDATE events SET consumed_by = $4, consumed_at = $5, rejected = $6
+                       WHERE id = $3 AND run_id = $1 AND EXISTS (SELECT 1 FROM lease))
+               SELECT EXISTS (SELECT 1 FROM lease)""",
+            run_id, epoch, event_id, wait_key, now, reason,
+        )  # fmt: skip
+        if not leased:
+            raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
+
+    @_wrap_errors
     async def has_pending_event(self, run_id: uuid.UUID, name: str) -> bool:
         found = await self.pool.fetchval(
             "SELECT 1 FROM events WHERE run_id = $1 AND name = $2 AND consumed_by IS NULL LIMIT 1",
@@ -471,7 +499,8 @@ class Store:
     @_wrap_errors
     async def list_events(self, run_id: uuid.UUID) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT id, name, payload, dedupe_key, received_at, consumed_by, consumed_at"
+            "SELECT id, name, payload, dedupe_key, received_at, consumed_by, consumed_at,"
+            " rejected"
             " FROM events WHERE run_id = $1 ORDER BY id",
             run_id,
         )

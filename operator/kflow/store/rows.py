@@ -95,7 +95,8 @@ SELECT r.*,
                 ORDER BY s.seq DESC NULLS FIRST, s.started_at DESC, s.key DESC
                 LIMIT $2) t) AS last_steps,
        (SELECT coalesce(json_agg(json_build_object(
-                   'id', e.id, 'name', e.name, 'consumed_by', e.consumed_by) ORDER BY e.id), '[]')
+                   'id', e.id, 'name', e.name, 'consumed_by', e.consumed_by,
+                   'rejected', e.rejected, 'consumed_at', e.consumed_at) ORDER BY e.id), '[]')
           FROM events e WHERE e.run_id = r.run_id) AS inbox
 FROM runs r WHERE r.run_id = $1
 """
