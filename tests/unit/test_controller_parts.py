@@ -118,6 +118,10 @@ def test_status_conditions_and_waiting() -> None:
     ready = next(c for c in done.conditions if c.type == "Ready")
     assert ready.status == "True" and ready.last_transition_time == NOW + timedelta(hours=2)
     assert done.current_step is None and done.waiting is None
+    cancelled = build_status(_run(status=RunStatus.COMPENSATED), [wait], [], now=NOW,
+                             generation=1)  # fmt: skip
+    assert [s.state for s in cancelled.steps] == ["interrupted"]  # not still "waiting"
+    assert first.steps[0].state == "waiting"
 
 
 async def test_timer_wheel_fires_once_each_in_order() -> None:

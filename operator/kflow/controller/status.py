@@ -43,6 +43,15 @@ def _current_step(run: RunRecord, history: list[StepState]) -> str | None:
     return (live or history)[-1].key
 
 
+def _state(run: RunRecord, step: StepState) -> str:
+    """A step's state as shown: one a finished run left open (a wait a cancel cut short,
+    a step its last executor died in) is ``interrupted``, not still going."""
+    live = (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
+    if run.status.is_terminal and step.status in live:
+        return "interrupted"
+    return step.status.value
+
+
 def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> list[Condition]:
     before: dict[str, Condition] = {c.type: c for c in previous}
     blocked = run.status.is_blocked
@@ -108,7 +117,7 @@ def build_status(
                 StepStatusView.model_validate(
                     {
                         "name": s.key,
-                        "state": s.status.value,
+                        "state": _state(run, s),
                         "attempts": s.attempts,
                         "startedAt": s.started_at,
                         "completedAt": s.completed_at,
