@@ -2,13 +2,17 @@
 
 Starts a Kubernetes control plane (``kflow.devcluster``: etcd, kube-apiserver,
 controller-manager, scheduler, node stand-in) and a throw-away PostgreSQL, installs the
-CRDs, runs the operator (inline executor, with ``examples/orders/workflow.py``), then:
+CRDs, runs the operator (with ``examples/orders/workflow.py`` for its inline executor),
+then:
 
 1. applies ``examples/orders/run.yaml`` — the order holds its stock 3 s (a durable
    timer), then waits for the payment event;
 2. delivers the event with ``kubectl annotate``; the order ships (Completed);
-3. applies a second order and cancels it by annotation; its stock is released by the
-   durable compensation (Compensated).
+3. applies a second order and cancels it with ``kubectl kflow cancel``; its stock is
+   released by the durable compensation (Compensated);
+4. runs the expense approval with the pod executor: a ``Workflow`` resource (from
+   ``kubectl kflow manifest``) sends its segments to Pods, one per segment, which the
+   node stand-in runs; ``kubectl kflow event`` delivers the decision.
 
 Every command is printed with its real output. Everything started is stopped at the end.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -35,7 +40,7 @@ ENV: dict[str, str] = {}
 
 def sh(*args: str, check: bool = True, quiet: bool = False) -> str:
     if not quiet:
-        print(f"\n$ {' '.join(args)}")
+        print(f"\n$ {shlex.join(args)}")
     result = subprocess.run(args, env=ENV, capture_output=True, text=True, check=False)
     if not quiet:
         print((result.stdout + result.stderr).rstrip())
@@ -66,7 +71,9 @@ def start_operator(dsn: str, log: Path) -> subprocess.Popen[bytes]:
         "KFLOW_DSN": dsn,
         "KFLOW_NAMESPACES": '["default"]',
         "KFLOW_WORKFLOW_MODULES": '["examples.orders.workflow"]',
+        "KFLOW_RUNNER_DSN_SECRET": "kflow-db",  # the Secret segment Pods read the DSN from
         "KFLOW_HEALTH_PORT": str(port),
+        "KFLOW_METRICS_PORT": str(free_port()),
     }
     print(f"\n== starting the operator (log: {log})")
     with log.open("wb") as out:
@@ -96,15 +103,19 @@ def main() -> int:
         with NodeStandIn(cluster.endpoint(), workdir=cluster.workdir / "pods"):
             sh("kubectl", "apply", "-f", str(ROOT / "crds"))
             sh("kubectl", "wait", "--for=condition=Established", "crd/workflowruns.kflow.io")
+            print("\n$ kubectl create secret generic kflow-db --from-literal=dsn=...")
+            sh("kubectl", "create", "secret", "generic", "kflow-db",
+               f"--from-literal=dsn={pg.dsn}", quiet=True)  # fmt: skip
             operator = start_operator(pg.dsn, cluster.workdir / "operator.log")
             try:
-                return run_examples()
+                run_examples()
+                return run_in_pods()
             finally:
                 operator.terminate()
                 operator.wait(timeout=20)
 
 
-def run_examples() -> int:
+def run_examples() -> None:
     print("\n== 1. an order: hold the stock, wait for payment, ship")
     sh("kubectl", "apply", "-f", str(ROOT / "examples/orders/run.yaml"))
     time.sleep(1)
@@ -128,10 +139,32 @@ def run_examples() -> int:
     subprocess.run(["kubectl", "apply", "-f", "-"], input=manifest, text=True, env=ENV,
                    check=True, capture_output=True)  # fmt: skip
     wait_phase("order-43", "Waiting")
-    sh("kubectl", "annotate", "wfr", "order-43", "kflow.io/cancel=customer changed their mind")
+    sh("kubectl", "kflow", "cancel", "order-43", "--reason", "customer changed their mind")
     wait_phase("order-43", "Compensated")
-    sh("kubectl", "get", "wfr")
-    print("\nDEMO OK: order-42 Completed, order-43 Compensated")
+    sh("kubectl", "kflow", "runs")
+
+
+def run_in_pods() -> int:
+    print("\n== 3. an expense claim, each segment in a Pod of its own (the pod executor)")
+    workflow = sh("kubectl", "kflow", "manifest", "examples.expense_approval.workflow",
+                  "--image", "kflow:dev")  # fmt: skip
+    # The node stand-in runs no images: its Pods use this checkout's Python and code.
+    with_code = workflow.replace(
+        "    modules:\n", f"    env:\n    - name: PYTHONPATH\n      value: {ROOT}\n    modules:\n"
+    )
+    subprocess.run(["kubectl", "apply", "-f", "-"], input=with_code, text=True, env=ENV,
+                   check=True, capture_output=True)  # fmt: skip
+    sh("kubectl", "get", "workflows")
+    time.sleep(1)  # the operator reads the Workflow from its watch
+    sh("kubectl", "apply", "-f", str(ROOT / "examples/expense_approval/run.yaml"))
+    wait_phase("expense-7", "Waiting")
+    sh("kubectl", "get", "pods", "-l", "kflow.io/run")
+    sh("kubectl", "kflow", "event", "expense-7", "decision",
+       "--data", '{"approved": true, "by": "dana", "comment": "ok"}')  # fmt: skip
+    wait_phase("expense-7", "Completed")
+    sh("kubectl", "get", "pods", "-l", "kflow.io/run")
+    sh("kubectl", "kflow", "describe", "expense-7")
+    print("\nDEMO OK: order-42 Completed, order-43 Compensated, expense-7 Completed in Pods")
     return 0
 
 
