@@ -47,41 +47,29 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         # A registry of our own gets none of kopf's default login handlers.
         return kopf.login_via_client(**kwargs)
 
-    async def adopt(body: kopf.Body, memo: kopf.Memo, *, resumed: bool) -> None:
-        controller: Controller = memo["controller"]
-        ref = _ref(body)
-        try:
-            spec = WorkflowRunSpec.model_validate(dict(body.get("spec") or {}))
-        except ValidationError as exc:
-            message = f"invalid spec: {describe_validation_error(exc)}"
-            await controller.refuse(ref, "InvalidSpec", message)
-            raise kopf.PermanentError(message) from exc
-        try:
-            await controller.adopt(ref, spec, resumed=resumed)
-        except TransientError as exc:
-            raise kopf.TemporaryError(str(exc), delay=5) from exc
-
-    @kopf.on.create(**runs)
-    async def created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        controller: Controller = memo["controller"]
-        if not controller.knows(_ref(body)):  # the event handler may have adopted it
-            await adopt(body, memo, resumed=False)
-
-    @kopf.on.resume(**runs)
-    async def resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await adopt(body, memo, resumed=True)
-
+    # Runs are adopted from the watch stream (kopf's initial listing, then ADDED events),
+    # not by create/resume handlers: those make kopf write its diff-base annotation on
+    # every object, one PATCH (and one watch event) per run more. The controller keeps
+    # what kopf would keep: which runs it adopted, refused, or must try again.
     @kopf.on.event(**runs)
-    async def annotated(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        body = event["object"]
-        ours = _ours(dict(body.get("metadata", {}).get("annotations") or {}))
-        if event["type"] == "DELETED" or not ours:
+    async def seen(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED":
             return
         controller: Controller = memo["controller"]
-        ref = _ref(kopf.Body(body))
-        if not controller.knows(ref):  # an annotation may come before the create handler
-            await adopt(kopf.Body(body), memo, resumed=True)
-        await controller.annotations(ref, ours)
+        body = kopf.Body(event["object"])
+        ref = _ref(body)
+        if not controller.knows(ref) and not body.metadata.get("deletionTimestamp"):
+            try:
+                spec = WorkflowRunSpec.model_validate(dict(body.get("spec") or {}))
+            except ValidationError as exc:
+                message = f"invalid spec: {describe_validation_error(exc)}"
+                await controller.refuse(ref, "InvalidSpec", message)
+                return
+            # Not ADDED: listed at start, so a previous operator may have died mid-run.
+            await controller.adopt(ref, spec, resumed=event["type"] != "ADDED")
+        ours = _ours(dict(body.metadata.get("annotations") or {}))
+        if ours:
+            await controller.annotations(ref, ours)
 
     @kopf.on.delete(**runs)
     async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

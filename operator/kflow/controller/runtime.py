@@ -47,8 +47,8 @@ __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_RETRY = 5.0
-"""Seconds before annotations whose handling hit a transient failure are tried again."""
+RETRY_AFTER = 5.0
+"""Seconds before an adoption or annotations that hit a transient failure are tried again."""
 
 _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
 
@@ -105,6 +105,10 @@ class Controller:
         )
         self._actions: set[asyncio.Task[None]] = set()
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._refused: set[str] = set()
+        """WorkflowRuns refused for good (invalid spec or input): not tried again."""
+        self._adopting: dict[str, asyncio.TimerHandle] = {}
+        """WorkflowRuns whose adoption failed for a while (the store): tried again soon."""
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
@@ -226,7 +230,21 @@ class Controller:
 
     async def adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
-        run exists and is moving. ``resumed``: a previous operator may have died mid-run."""
+        run exists and is moving. ``resumed``: a previous operator may have died mid-run.
+        A store failure is retried here, every few seconds, until it works."""
+        try:
+            await self._adopt(ref, spec, resumed=resumed)
+        except TransientError as exc:
+            log.warning("cannot adopt %s/%s yet: %s", ref.namespace, ref.name, exc)
+
+            def again() -> None:
+                del self._adopting[ref.uid]
+                self._spawn(self.adopt(ref, spec, resumed=resumed))
+
+            loop = asyncio.get_running_loop()
+            self._adopting[ref.uid] = loop.call_later(RETRY_AFTER, again)
+
+    async def _adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
         run_id = uuid.UUID(ref.uid)
         # Code that runs in Pods is not here: bind the run to what its Workflow declares.
         declared = None
@@ -266,7 +284,7 @@ class Controller:
         self._submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
 
     async def refuse(self, ref: RunRef, reason: str, message: str) -> None:
-        """Report a WorkflowRun that cannot be run, instead of running it."""
+        """Report a WorkflowRun that cannot be run, instead of running it (once)."""
         await self._kube.patch_run_status(
             ref.namespace,
             ref.name,
@@ -276,6 +294,7 @@ class Controller:
                 "observedGeneration": ref.generation,
             },
         )
+        self._refused.add(ref.uid)  # reported: later watch events of it change nothing
         await self._event(ref, "Warning", reason, message)
 
     async def delete(self, ref: RunRef) -> bool:
@@ -305,9 +324,11 @@ class Controller:
             raise
         self.timers.cancel(run_id)
         self.mirror.forget(run_id)
-        pending = self._retries.pop(ref.uid, None)
-        if pending is not None:
-            pending.cancel()
+        for timers in (self._retries, self._adopting):
+            pending = timers.pop(ref.uid, None)
+            if pending is not None:
+                pending.cancel()
+        self._refused.discard(ref.uid)
         self.pods.forget(run_id)
         for state in (self._refs, self._workflows, self._versions, self._event_at, self._problems):
             state.pop(run_id, None)
@@ -411,7 +432,7 @@ class Controller:
             await self.annotations(ref, current)
 
         self._retries[ref.uid] = asyncio.get_running_loop().call_later(
-            ANNOTATION_RETRY, lambda: self._spawn(again())
+            RETRY_AFTER, lambda: self._spawn(again())
         )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -491,4 +512,6 @@ class Controller:
         await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
 
     def knows(self, ref: RunRef) -> bool:
-        return uuid.UUID(ref.uid) in self._refs
+        """Adopted, refused, or about to be adopted again: nothing to do on a new event."""
+        uid = ref.uid
+        return uuid.UUID(uid) in self._refs or uid in self._refused or uid in self._adopting
