@@ -10,6 +10,7 @@ operator runs their segments: ``bench-one-pod`` is declared by a `Workflow` reso
 from __future__ import annotations
 
 from bench.workflows import Nothing, noop
+
 from kflow import WorkflowContext, workflow
 
 
