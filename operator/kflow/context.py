@@ -109,7 +109,7 @@ class Services:
     clock: Clock
     env: EnvProvider
     breakers: CircuitBreakers
-    http_client: httpx.AsyncClient
+    given_http_client: httpx.AsyncClient | None = None
     closures: Closures = field(default_factory=dict)
     app_db: Database | None = None
     persist_step_start: bool = False
@@ -119,6 +119,22 @@ class Services:
     max_inline_backoff: timedelta = timedelta(seconds=30)
     on_record: Callable[[uuid.UUID, StepState], None] | None = None
     """Told of every record a segment writes (the operator mirrors them into status)."""
+    _own_http: httpx.AsyncClient | None = None
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The given client, else one made at first use (most workflows never need one,
+        and a runner Pod should not pay for it)."""
+        if self.given_http_client is not None:
+            return self.given_http_client
+        if self._own_http is None:
+            self._own_http = httpx.AsyncClient()
+        return self._own_http
+
+    async def close(self) -> None:
+        if self._own_http is not None:
+            await self._own_http.aclose()
+            self._own_http = None
 
 
 class _ResultNotJSON(NonRetryable, TypeError):

@@ -92,14 +92,13 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.lease_ttl = lease_ttl
-        self._own_http = http_client is None
         self._services = Services(
             store=store,
             registry=registry,
             clock=self.clock,
             env=env or OsEnv(),
             breakers=CircuitBreakers(self.clock),
-            http_client=http_client or httpx.AsyncClient(),
+            given_http_client=http_client,
             app_db=app_db,
             persist_step_start=persist_step_start,
             record_running_after=record_running_after,
@@ -108,8 +107,7 @@ class Engine:
         )
 
     async def close(self) -> None:
-        if self._own_http:
-            await self._services.http_client.aclose()
+        await self._services.close()
 
     async def register_definitions(self) -> None:
         """Record every workflow of the registry (name, version, signature, schemas)."""

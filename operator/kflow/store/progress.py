@@ -53,6 +53,9 @@ class Progressor:
     async def _send(self, run_id: uuid.UUID) -> None:
         await asyncio.sleep(self._interval)
         self._pending.discard(run_id)
+        await self._notify(run_id)
+
+    async def _notify(self, run_id: uuid.UUID) -> None:
         try:
             await self._store.pool.execute(
                 "SELECT pg_notify($1, $2)", channel(self._store.schema), str(run_id)
@@ -62,10 +65,13 @@ class Progressor:
             log.warning("progress notification for run %s not sent: %s", run_id, exc)
 
     async def flush(self) -> None:
-        """Send what is pending now (before the process exits)."""
+        """Send what is pending now, without waiting out the interval (before the
+        process exits: a segment Pod's end should not wait for a hint)."""
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()
+        pending, self._pending = list(self._pending), set()
+        for run_id in pending:
+            await self._notify(run_id)
 
 
 class ProgressListener:
