@@ -70,6 +70,7 @@ async def run_operator(
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.posting.enabled = False  # kflow posts its own Events, on phase changes
     kopf_settings.persistence.finalizer = "kflow.io/finalizer"
+    kopf_settings.persistence.diffbase_storage = _NoDiffBase()
     # Only segment Pods, filtered by the API server (kopf's own filter is client-side).
     kopf_settings.watching.label_selectors["v1", "pods"] = RUN_LABEL
     if settings.webhook_port:
@@ -113,3 +114,15 @@ async def run_operator(
 def _report_end(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kflow has no create or update handlers (runs are adopted from the watch stream),
+    so it needs no record of each object's last handled spec: without one, kopf skips the
+    annotation it would PATCH onto every WorkflowRun (one write and one watch event each)."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
