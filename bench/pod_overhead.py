@@ -62,6 +62,7 @@ from kflow.devcluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E4
 from kflow.devcluster.build import cache_root  # noqa: E402
 from kflow.engine import Engine  # noqa: E402
 from kflow.localpg import LocalPostgres, free_port  # noqa: E402
+from kflow.plugin.manifest import ManifestOptions, workflow_object  # noqa: E402
 from kflow.store import Store  # noqa: E402
 from kflow.workflow import Registry  # noqa: E402
 
@@ -333,18 +334,12 @@ async def prepare(api: Api, ns: str, dsn: str) -> None:
     await api.request("POST", f"/api/v1/namespaces/{ns}/secrets", secret)
     d = Registry.from_modules([MODULE]).active(WORKFLOW["pod"])
     assert d is not None
-    manifest = {
-        "apiVersion": "kflow.io/v1alpha1", "kind": "Workflow",
-        "metadata": {"name": f"{d.name}-v{d.version}"},
-        "spec": {
-            "workflow": d.name, "version": d.version, "signature": d.signature,
-            "steps": list(d.steps), "events": list(d.events), "executor": "pod",
-            "template": {
-                "image": "kflow:dev", "command": [sys.executable, "-m", "kflow.cli"],
-                "modules": [MODULE], "env": [{"name": "PYTHONPATH", "value": str(ROOT)}],
-            },
-        },
-    }  # fmt: skip
+    manifest = workflow_object(d, ManifestOptions(module=MODULE, image="kflow:dev"))
+    # The node stand-in runs no images: the Pods run this checkout's Python.
+    manifest["spec"]["template"].update(
+        command=[sys.executable, "-m", "kflow.cli"],
+        env=[{"name": "PYTHONPATH", "value": str(ROOT)}],
+    )
     await api.request("POST", f"/apis/kflow.io/v1alpha1/namespaces/{ns}/workflows", manifest)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kflow.plugin.manifest import ManifestOptions, workflow_object
 from kflow.workflow import Registry
 from tests.e2e.conftest import Harness, wait_for
 from tests.e2e.operator_env import ROOT, Operator, Runs, lines
@@ -55,22 +56,15 @@ def pod_operator(
 
 
 def declare(runs: Runs, workflow: str, **template: Any) -> None:
-    """Apply the `Workflow` resource of ``workflow`` (as ``kubectl kflow manifest`` would)."""
+    """Apply the `Workflow` resource of ``workflow``, as ``kubectl kflow manifest`` makes
+    it, with this checkout's Python (the node stand-in runs no images)."""
     d = WORKFLOWS.active(workflow)
     assert d is not None
+    manifest = workflow_object(d, ManifestOptions(module="tests.e2e.workflows", image="kflow:dev"))
     env = [{"name": "PYTHONPATH", "value": str(ROOT)}, *template.pop("env", [])]
-    manifest = {
-        "apiVersion": "kflow.io/v1alpha1", "kind": "Workflow",
-        "metadata": {"name": f"{workflow}-v{d.version}"},
-        "spec": {
-            "workflow": d.name, "version": d.version, "signature": d.signature,
-            "steps": list(d.steps), "events": list(d.events), "executor": "pod",
-            "template": {
-                "image": "kflow:dev", "command": [sys.executable, "-m", "kflow.cli"],
-                "modules": ["tests.e2e.workflows"], "env": env, **template,
-            },
-        },
-    }  # fmt: skip
+    manifest["spec"]["template"].update(
+        {"command": [sys.executable, "-m", "kflow.cli"], "env": env, **template}
+    )
     path = runs.tmp / f"wf-{workflow}.json"
     path.write_text(json.dumps(manifest))
     runs.h.run("kubectl", "apply", "-n", runs.ns, "-f", path)
