@@ -9,28 +9,27 @@ a silent no-op. A step record is one statement, one round trip and one commit.
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 import asyncpg
 
-from kflow.errors import KflowError, LeaseHeld, LeaseLost, PersistenceError, RunNotFound
+from kflow.errors import LeaseHeld, LeaseLost, PersistenceError, RunNotFound
 from kflow.models import (
-    TERMINAL,
     AuthContext,
     RunRecord,
     RunStatus,
     StepState,
     SuspendKind,
 )
+from kflow.store.base import guarded
+from kflow.store.inbox import Inbox
+from kflow.store.kvstore import KeyValues
 from kflow.store.migrations import apply_migrations
 from kflow.store.rows import (
-    CONSUME_EVENT,
     SNAPSHOT,
     WRITE_STEP,
     run_from_row,
@@ -38,13 +37,10 @@ from kflow.store.rows import (
     step_from_row,
 )
 
-__all__ = ["Database", "SendResult", "Store"]
+__all__ = ["Database", "Store"]
 
 Database = asyncpg.Pool
 """The type of ``ctx.db``: an asyncpg pool on the application's database."""
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _RUN_COLUMNS = frozenset(
     {
@@ -52,35 +48,6 @@ _RUN_COLUMNS = frozenset(
         "completed_at", "deadline", "wake_at", "waiting_event", "suspend_kind", "timeout_s",
     }
 )  # fmt: skip
-
-
-def _wrap_errors(
-    fn: Callable[Concatenate[Store, P], Awaitable[R]],
-) -> Callable[Concatenate[Store, P], Awaitable[R]]:
-    """Turn driver and network failures into `PersistenceError`, keeping kflow's own."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(self, *args, **kwargs)
-        except KflowError:
-            raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise PersistenceError(f"store.{fn.__name__} failed: {exc}") from exc
-
-    return wrapper
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What happened to an event sent to a run."""
-
-    stored: bool
-    """False when the run is finished (nothing stored) or the dedupe key was seen before."""
-    duplicate: bool
-    status: RunStatus
-    wakes_run: bool
-    """The run is waiting for exactly this event: advance it now."""
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -97,12 +64,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Store:
-    """kflow's tables in one PostgreSQL schema. Open with `Store.open`."""
-
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
-        self.pool = pool
-        self.schema = schema
+class Store(Inbox, KeyValues):
+    """kflow's tables in one PostgreSQL schema. Open with `Store.open`. Runs, leases and
+    their records are here; the inbox (`Inbox`) and the KV store (`KeyValues`) beside."""
 
     @classmethod
     async def open(
@@ -142,12 +106,12 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
-    @_wrap_errors
+    @guarded
     async def ping(self) -> None:
         """One round trip: for health checks."""
         await self.pool.fetchval("SELECT 1")
 
-    @_wrap_errors
+    @guarded
     async def drop(self) -> None:
         """Drop the whole schema with every run in it: for throw-away test stores."""
         quoted = '"' + self.schema.replace('"', '""') + '"'
@@ -155,7 +119,7 @@ class Store:
 
     # -- definitions ---------------------------------------------------------------
 
-    @_wrap_errors
+    @guarded
     async def upsert_definition(
         self,
         *,
@@ -184,7 +148,7 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------
 
-    @_wrap_errors
+    @guarded
     async def create_run(
         self,
         *,
@@ -223,14 +187,14 @@ class Store:
             raise PersistenceError(f"run {run_id} conflicted but cannot be found")
         return run_from_row(row), False
 
-    @_wrap_errors
+    @guarded
     async def get_run(self, run_id: uuid.UUID) -> RunRecord:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
         if row is None:
             raise RunNotFound(f"no run {run_id}")
         return run_from_row(row)
 
-    @_wrap_errors
+    @guarded
     async def next_dispatch(self, run_id: uuid.UUID) -> int:
         """Count one more segment Pod for the run; its number (from 1)."""
         number = await self.pool.fetchval(
@@ -241,7 +205,7 @@ class Store:
             raise RunNotFound(f"no run {run_id}")
         return int(number)
 
-    @_wrap_errors
+    @guarded
     async def acquire_lease(
         self,
         run_id: uuid.UUID,
@@ -277,7 +241,7 @@ class Store:
             f"run {run_id} is leased by {current.lease_owner} until {current.lease_expires_at}"
         )
 
-    @_wrap_errors
+    @guarded
     async def renew_lease(
         self, run_id: uuid.UUID, epoch: int, *, now: datetime, ttl: timedelta
     ) -> None:
@@ -291,7 +255,7 @@ class Store:
         if done is None:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
 
-    @_wrap_errors
+    @guarded
     async def release_lease(self, run_id: uuid.UUID, epoch: int) -> None:
         """Give the lease up without touching the run's state (no-op if superseded)."""
         await self.pool.execute(
@@ -301,7 +265,7 @@ class Store:
             epoch,
         )
 
-    @_wrap_errors
+    @guarded
     async def update_run(
         self,
         /,
@@ -333,7 +297,7 @@ class Store:
 
     # -- history -------------------------------------------------------------------
 
-    @_wrap_errors
+    @guarded
     async def forget_failures(self, run_id: uuid.UUID, epoch: int) -> int:
         """Fenced: delete the run's failed records (steps and timed-out waits) so that a
         retry runs them again; completed ones stay. Returns how many were deleted."""
@@ -351,7 +315,7 @@ class Store:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
         return int(deleted)
 
-    @_wrap_errors
+    @guarded
     async def load_history(self, run_id: uuid.UUID) -> tuple[list[StepState], dict[str, Any]]:
         """Every step/sleep/wait record of a run, and its saved state."""
         async with self.pool.acquire() as conn:
@@ -359,7 +323,7 @@ class Store:
             state = await conn.fetch("SELECT key, value FROM saved_state WHERE run_id = $1", run_id)
         return [step_from_row(r) for r in steps], {r["key"]: r["value"] for r in state}
 
-    @_wrap_errors
+    @guarded
     async def snapshot(
         self, run_id: uuid.UUID, *, last_steps: int
     ) -> tuple[RunRecord, list[StepState], int, list[dict[str, Any]]]:
@@ -371,7 +335,7 @@ class Store:
         steps = [step_from_json(item) for item in row["last_steps"]]
         return run_from_row(row), steps, row["step_count"], row["inbox"]
 
-    @_wrap_errors
+    @guarded
     async def write_step(self, run_id: uuid.UUID, epoch: int, step: StepState) -> None:
         """Fenced upsert of one record: one statement, one round trip, one commit."""
         done = await self.pool.fetchval(
@@ -383,7 +347,7 @@ class Store:
         if done is None:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
 
-    @_wrap_errors
+    @guarded
     async def save_state(self, run_id: uuid.UUID, epoch: int, key: str, value: Any) -> None:
         done = await self.pool.fetchval(
             """WITH lease AS (SELECT run_id FROM runs
@@ -398,147 +362,3 @@ class Store:
         )
         if done is None:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
-
-    # -- events --------------------------------------------------------------------
-
-    @_wrap_errors
-    async def consume_event(
-        self,
-        run_id: uuid.UUID,
-        epoch: int,
-        *,
-        name: str,
-        wait_key: str,
-        now: datetime,
-        seq: int,
-    ) -> tuple[bool, Any]:
-        """Atomically take the oldest pending ``name`` event and record the wait as done."""
-        row = await self.pool.fetchrow(CONSUME_EVENT, run_id, epoch, name, wait_key, now, seq)
-        if not row["leased"]:
-            raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
-        return bool(row["found"]), row["payload"]
-
-    @_wrap_errors
-    async def next_event(self, run_id: uuid.UUID, name: str) -> tuple[int, Any] | None:
-        """The oldest pending ``name`` event (id, payload), left pending."""
-        row = await self.pool.fetchrow(
-            "SELECT id, payload FROM events WHERE run_id = $1 AND name = $2"
-            " AND consumed_by IS NULL ORDER BY id LIMIT 1",
-            run_id,
-            name,
-        )
-        return None if row is None else (int(row["id"]), row["payload"])
-
-    @_wrap_errors
-    async def reject_event(
-        self, run_id: uuid.UUID, epoch: int, event_id: int, *, wait_key: str, reason: str,
-        now: datetime,
-    ) -> None:  # fmt: skip
-        """Set a pending event aside with ``reason``: no wait will consume it."""
-        leased = await self.pool.fetchval(
-            """WITH lease AS (SELECT run_id FROM runs
-                              WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE),
-               upd AS (UPDATE events SET consumed_by = $4, consumed_at = $5, rejected = $6
-                       WHERE id = $3 AND run_id = $1 AND EXISTS (SELECT 1 FROM lease))
-               SELECT EXISTS (SELECT 1 FROM lease)""",
-            run_id, epoch, event_id, wait_key, now, reason,
-        )  # fmt: skip
-        if not leased:
-            raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
-
-    @_wrap_errors
-    async def has_pending_event(self, run_id: uuid.UUID, name: str) -> bool:
-        found = await self.pool.fetchval(
-            "SELECT 1 FROM events WHERE run_id = $1 AND name = $2 AND consumed_by IS NULL LIMIT 1",
-            run_id,
-            name,
-        )
-        return found is not None
-
-    @_wrap_errors
-    async def send_event(
-        self,
-        run_id: uuid.UUID,
-        *,
-        name: str,
-        payload: Any,
-        dedupe_key: str | None,
-        now: datetime,
-    ) -> SendResult:
-        """Put an event in the run's inbox, unless the run is finished.
-
-        The run row is locked first, so a segment that is suspending on this event either
-        commits before (and this call reports ``wakes_run``) or checks the inbox after."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT status, waiting_event FROM runs WHERE run_id = $1 FOR UPDATE", run_id
-            )
-            if row is None:
-                raise RunNotFound(f"no run {run_id}")
-            status = RunStatus(row["status"])
-            if status in TERMINAL:
-                return SendResult(stored=False, duplicate=False, status=status, wakes_run=False)
-            event_id = await conn.fetchval(
-                """INSERT INTO events (run_id, name, payload, dedupe_key, received_at)
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, dedupe_key) DO NOTHING
-                   RETURNING id""",
-                run_id,
-                name,
-                payload,
-                dedupe_key,
-                now,
-            )
-        waiting = status == RunStatus.WAITING and row["waiting_event"] == name
-        return SendResult(
-            stored=event_id is not None,
-            duplicate=event_id is None,
-            status=status,
-            wakes_run=waiting,
-        )
-
-    @_wrap_errors
-    async def list_events(self, run_id: uuid.UUID) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT id, name, payload, dedupe_key, received_at, consumed_by, consumed_at,"
-            " rejected"
-            " FROM events WHERE run_id = $1 ORDER BY id",
-            run_id,
-        )
-        return [dict(r) for r in rows]
-
-    # -- kv ------------------------------------------------------------------------
-
-    @_wrap_errors
-    async def kv_get(self, namespace: str, key: str) -> tuple[bool, Any]:
-        row = await self.pool.fetchrow(
-            "SELECT value FROM kv WHERE namespace = $1 AND key = $2", namespace, key
-        )
-        return (False, None) if row is None else (True, row["value"])
-
-    @_wrap_errors
-    async def kv_set(self, namespace: str, key: str, value: Any, *, now: datetime) -> None:
-        await self.pool.execute(
-            """INSERT INTO kv (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (namespace, key) DO UPDATE
-               SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at""",
-            namespace,
-            key,
-            value,
-            now,
-        )
-
-    @_wrap_errors
-    async def kv_delete(self, namespace: str, key: str) -> bool:
-        done = await self.pool.fetchval(
-            "DELETE FROM kv WHERE namespace = $1 AND key = $2 RETURNING 1", namespace, key
-        )
-        return done is not None
-
-    @_wrap_errors
-    async def kv_keys(self, namespace: str, prefix: str = "") -> list[str]:
-        rows = await self.pool.fetch(
-            "SELECT key FROM kv WHERE namespace = $1 AND starts_with(key, $2) ORDER BY key",
-            namespace,
-            prefix,
-        )
-        return [r["key"] for r in rows]
