@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -33,10 +32,7 @@ from kflow.compensations import Closures, Compensations
 from kflow.env import EnvAccess, EnvProvider
 from kflow.errors import (
     KflowError,
-    NonRetryable,
     PersistenceError,
-    StepFailed,
-    StepTimeout,
     UndeclaredNameError,
     WorkflowTimeout,
 )
@@ -51,21 +47,20 @@ from kflow.models import (
     SuspendKind,
     SuspendReason,
 )
-from kflow.retry import NO_RETRY, RetryPolicy
+from kflow.retry import RetryPolicy
 from kflow.serde import decode, encode
+from kflow.steps import MISSING, Steps
 from kflow.store import Database, Store
 from kflow.waits import Waits
 from kflow.workflow import (
     Registry,
     WorkflowDefinition,
-    return_type,
 )
 
 __all__ = ["SegmentEnded", "Services", "Suspended", "WorkflowContext"]
 
 T = TypeVar("T")
 E = TypeVar("E")
-_MISSING: Any = object()
 _DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
 
 
@@ -137,10 +132,6 @@ class Services:
             self._own_http = None
 
 
-class _ResultNotJSON(NonRetryable, TypeError):
-    """A step returned something JSON cannot hold: retrying would not help."""
-
-
 class WorkflowContext(EnvAccess):
     """The handle a workflow handler gets: steps, sleeps, events, state, env, http, db."""
 
@@ -178,6 +169,7 @@ class WorkflowContext(EnvAccess):
         self._http_timeout: float | None = None
         self.kv = KvHandle(services.store, namespace=run.workflow_name, clock=services.clock)
         self._waits = Waits(self)
+        self._step_runner = Steps(self)
         self.compensations = Compensations(
             run_id=run.run_id,
             steps=self._steps,
@@ -321,7 +313,7 @@ class WorkflowContext(EnvAccess):
     async def step(
         self, name: str, fn: Callable[..., Awaitable[T]], /, *args: Any,
         retry: RetryPolicy | None = None, timeout: timedelta | None = None,
-        compensate: Any = None, key: str | None = None, result_type: Any = _MISSING,
+        compensate: Any = None, key: str | None = None, result_type: Any = MISSING,
         **kwargs: Any,
     ) -> T: ...  # fmt: skip
 
@@ -329,7 +321,7 @@ class WorkflowContext(EnvAccess):
     async def step(
         self, name: str, fn: Callable[..., T], /, *args: Any,
         retry: RetryPolicy | None = None, timeout: timedelta | None = None,
-        compensate: Any = None, key: str | None = None, result_type: Any = _MISSING,
+        compensate: Any = None, key: str | None = None, result_type: Any = MISSING,
         **kwargs: Any,
     ) -> T: ...  # fmt: skip
 
@@ -343,7 +335,7 @@ class WorkflowContext(EnvAccess):
         timeout: timedelta | None = None,
         compensate: Any = None,
         key: str | None = None,
-        result_type: Any = _MISSING,
+        result_type: Any = MISSING,
         **kwargs: Any,
     ) -> T:
         """Run ``fn(*args, **kwargs)`` once for this run and return its result.
@@ -355,88 +347,11 @@ class WorkflowContext(EnvAccess):
         or any callable taking the result (in-process only). The result comes back as
         ``result_type``, by default ``fn``'s return annotation, else as JSON.
         """
-        self._guard(new_work=True)
-        self._declared("step", name)
-        skey = f"{name}[{key}]" if key is not None else self._next_key(name)
-        rtype = return_type(fn) if result_type is _MISSING else result_type
-        found = self._steps.get(skey)
-        if found is not None and found.status in _DONE:
-            self._reach(found.completed_at)
-            result = decode(found.result, rtype)
-            self.compensations.keep(skey, compensate, result)
-            return result  # type: ignore[no-any-return]
-        if found is not None and found.status == StepStatus.FAILED:
-            self._reach(found.completed_at)
-            raise _replayed_failure(skey, found.error)
-        descriptor = self.compensations.describe(skey, compensate)
-        policy = retry or NO_RETRY
-        # One private copy, updated in place: records are written from it, and
-        # self._steps only takes it once the store has it.
-        state = (
-            replace(found)
-            if found is not None
-            else StepState(key=skey, name=name, started_at=self._svc.clock.now())
-        )
-        if state.status == StepStatus.RETRYING and state.wake_at is not None:
-            await self._wait_for_retry(state)
-        while True:
-            state.attempts += 1
-            state.status = StepStatus.RUNNING
-            try:
-                result, encoded = await self._attempt(
-                    state, _invoke(fn, args, kwargs, timeout, rtype)
-                )
-            except Exception as exc:
-                now = self._svc.clock.now()
-                state.error = f"{type(exc).__name__}: {exc}"
-                if policy.should_retry(exc, state.attempts):
-                    state.status = StepStatus.RETRYING
-                    state.wake_at = now + policy.backoff(state.attempts)
-                    await self._write(replace(state))
-                    await self._wait_for_retry(state)
-                    continue
-                state.status, state.completed_at = StepStatus.FAILED, now
-                await self._write(state)
-                self._reach(now)
-                raise StepFailed(skey, type(exc).__name__, str(exc)) from exc
-            now = self._svc.clock.now()
-            state.status, state.result, state.error, state.wake_at = (
-                StepStatus.COMPLETED, encoded, None, None,
-            )  # fmt: skip
-            state.completed_at, state.compensation, state.seq = now, descriptor, self._next_seq()
-            await self._write(state)
-            self._reach(now)
-            self.compensations.keep(skey, compensate, result)
-            return result  # type: ignore[no-any-return]
-
-    async def _attempt(self, state: StepState, call: Awaitable[T]) -> T:
-        """Await one attempt, recording it as running first (`with_persist_step_start`)
-        or once it outlives `record_running_after`."""
-        if self._persist_start:
-            await self._write(replace(state))
-            return await call
-        delay = self._svc.record_running_after
-        if delay is None:
-            return await call
-        announced: list[asyncio.Task[None]] = []
-        timer = asyncio.get_running_loop().call_later(
-            delay.total_seconds(),
-            lambda: announced.append(asyncio.create_task(self._write(replace(state)))),
-        )
-        try:
-            return await call
-        finally:
-            timer.cancel()
-            if announced:  # the running record must land before the outcome's
-                await announced[0]
-
-    async def _wait_for_retry(self, state: StepState) -> None:
-        assert state.wake_at is not None
-        delay = state.wake_at - self._svc.clock.now()
-        if delay > self._svc.max_inline_backoff:
-            raise self._suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
-        await self._svc.clock.sleep(delay.total_seconds())
-        self._guard(new_work=True)
+        result: T = await self._step_runner.run(
+            name, fn, args, kwargs, retry=retry, timeout=timeout, compensate=compensate,
+            key=key, result_type=result_type,
+        )  # fmt: skip
+        return result
 
     async def record_step_start(self, name: str) -> None:
         """Persist that step ``name`` started; a no-op once it has started or finished."""
@@ -597,40 +512,3 @@ class WorkflowContext(EnvAccess):
 
 def _base(key: str) -> str:
     return key.split("#", 1)[0].split("[", 1)[0]
-
-
-def _replayed_failure(key: str, error: str | None) -> StepFailed:
-    error_type, _, message = (error or "Error: unknown").partition(": ")
-    return StepFailed(key, error_type, message)
-
-
-async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    value = fn(*args, **kwargs)
-    return await value if inspect.isawaitable(value) else value
-
-
-async def _invoke(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    timeout: timedelta | None,
-    rtype: Any,
-) -> tuple[Any, Any]:
-    """Call the step function (sync or async) under the attempt timeout; return the value
-    the handler gets and its JSON form."""
-    if timeout is None:
-        result = await _call(fn, args, kwargs)
-    else:
-        limit = asyncio.timeout(timeout.total_seconds())
-        try:
-            async with limit:
-                result = await _call(fn, args, kwargs)
-        except TimeoutError as exc:
-            if limit.expired():
-                raise StepTimeout(f"attempt exceeded its timeout of {timeout}") from exc
-            raise
-    try:
-        encoded = encode(result)
-    except TypeError as exc:
-        raise _ResultNotJSON(str(exc)) from exc
-    return (result if rtype is not None else encoded), encoded

@@ -1,0 +1,183 @@
+"""Steps of a `WorkflowContext`: run once, recorded before they return, retried by policy.
+
+A step that completed before returns its recorded result (decoded to the step's type);
+one that failed for good raises the same `StepFailed` again. A new one runs attempt by
+attempt: each outcome is written before the handler sees it; a backoff up to
+``max_inline_backoff`` is waited in the segment, a longer one suspends the run (a retry
+wait, persisted like a sleep); a step running longer than ``record_running_after`` is
+recorded as running, so the operator can show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kflow.errors import NonRetryable, StepFailed, StepTimeout
+from kflow.models import StepState, StepStatus, SuspendKind, SuspendReason
+from kflow.retry import NO_RETRY, RetryPolicy
+from kflow.serde import decode, encode
+from kflow.workflow import return_type
+
+if TYPE_CHECKING:
+    from kflow.context import WorkflowContext
+
+__all__ = ["MISSING", "Steps"]
+
+T = TypeVar("T")
+MISSING: Any = object()
+"""``result_type`` not given: the step function's return annotation decides."""
+
+_DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
+
+
+class _ResultNotJSON(NonRetryable, TypeError):
+    """A step returned something JSON cannot hold: retrying would not help."""
+
+
+class Steps:
+    """The step runner of one context (its friend: it uses its internals). The public
+    method, documented, is `WorkflowContext.step`, which delegates here."""
+
+    def __init__(self, ctx: WorkflowContext) -> None:
+        self._ctx = ctx
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        retry: RetryPolicy | None,
+        timeout: timedelta | None,
+        compensate: Any,
+        key: str | None,
+        result_type: Any,
+    ) -> Any:
+        ctx = self._ctx
+        ctx._guard(new_work=True)
+        ctx._declared("step", name)
+        skey = f"{name}[{key}]" if key is not None else ctx._next_key(name)
+        rtype = return_type(fn) if result_type is MISSING else result_type
+        found = ctx._steps.get(skey)
+        if found is not None and found.status in _DONE:
+            ctx._reach(found.completed_at)
+            result = decode(found.result, rtype)
+            ctx.compensations.keep(skey, compensate, result)
+            return result
+        if found is not None and found.status == StepStatus.FAILED:
+            ctx._reach(found.completed_at)
+            raise _replayed_failure(skey, found.error)
+        descriptor = ctx.compensations.describe(skey, compensate)
+        policy = retry or NO_RETRY
+        # One private copy, updated in place: records are written from it, and
+        # ctx._steps only takes it once the store has it.
+        state = (
+            replace(found)
+            if found is not None
+            else StepState(key=skey, name=name, started_at=ctx._svc.clock.now())
+        )
+        if state.status == StepStatus.RETRYING and state.wake_at is not None:
+            await self._wait_for_retry(state)
+        while True:
+            state.attempts += 1
+            state.status = StepStatus.RUNNING
+            try:
+                result, encoded = await self._attempt(
+                    state, _invoke(fn, args, kwargs, timeout, rtype)
+                )
+            except Exception as exc:
+                now = ctx._svc.clock.now()
+                state.error = f"{type(exc).__name__}: {exc}"
+                if policy.should_retry(exc, state.attempts):
+                    state.status = StepStatus.RETRYING
+                    state.wake_at = now + policy.backoff(state.attempts)
+                    await ctx._write(replace(state))
+                    await self._wait_for_retry(state)
+                    continue
+                state.status, state.completed_at = StepStatus.FAILED, now
+                await ctx._write(state)
+                ctx._reach(now)
+                raise StepFailed(skey, type(exc).__name__, str(exc)) from exc
+            now = ctx._svc.clock.now()
+            state.status, state.result, state.error, state.wake_at = (
+                StepStatus.COMPLETED, encoded, None, None,
+            )  # fmt: skip
+            state.completed_at, state.compensation, state.seq = now, descriptor, ctx._next_seq()
+            await ctx._write(state)
+            ctx._reach(now)
+            ctx.compensations.keep(skey, compensate, result)
+            return result
+
+    async def _attempt(self, state: StepState, call: Awaitable[T]) -> T:
+        """Await one attempt, recording it as running first (`with_persist_step_start`)
+        or once it outlives `record_running_after`."""
+        ctx = self._ctx
+        if ctx._persist_start:
+            await ctx._write(replace(state))
+            return await call
+        delay = ctx._svc.record_running_after
+        if delay is None:
+            return await call
+        announced: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            delay.total_seconds(),
+            lambda: announced.append(asyncio.create_task(ctx._write(replace(state)))),
+        )
+        try:
+            return await call
+        finally:
+            timer.cancel()
+            if announced:  # the running record must land before the outcome's
+                await announced[0]
+
+    async def _wait_for_retry(self, state: StepState) -> None:
+        ctx = self._ctx
+        assert state.wake_at is not None
+        delay = state.wake_at - ctx._svc.clock.now()
+        if delay > ctx._svc.max_inline_backoff:
+            raise ctx._suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
+        await ctx._svc.clock.sleep(delay.total_seconds())
+        ctx._guard(new_work=True)
+
+
+def _replayed_failure(key: str, error: str | None) -> StepFailed:
+    error_type, _, message = (error or "Error: unknown").partition(": ")
+    return StepFailed(key, error_type, message)
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    value = fn(*args, **kwargs)
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _invoke(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: timedelta | None,
+    rtype: Any,
+) -> tuple[Any, Any]:
+    """Call the step function (sync or async) under the attempt timeout; return the value
+    the handler gets and its JSON form."""
+    if timeout is None:
+        result = await _call(fn, args, kwargs)
+    else:
+        limit = asyncio.timeout(timeout.total_seconds())
+        try:
+            async with limit:
+                result = await _call(fn, args, kwargs)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise StepTimeout(f"attempt exceeded its timeout of {timeout}") from exc
+            raise
+    try:
+        encoded = encode(result)
+    except TypeError as exc:
+        raise _ResultNotJSON(str(exc)) from exc
+    return (result if rtype is not None else encoded), encoded
