@@ -211,7 +211,7 @@ class WorkflowContext(EnvAccess):
         past = self._deadline is not None and self._svc.clock.now() >= self._deadline
         if new_work and past:
             raise WorkflowTimeout(f"run {self.run_id} passed its deadline {self._deadline}")
-        if new_work and self._suspend is not None and self._scope().suspended:
+        if new_work and self._suspend is not None and self._scope_suspended():
             # A suspension came back as a value (gather(..., return_exceptions=True)):
             # the handler must not go on, on results this segment does not have.
             raise Suspended(self._suspend)
@@ -251,6 +251,20 @@ class WorkflowContext(EnvAccess):
             return f"{name}#t{scope.path}-{n}"
         return name if n == 1 and first_bare else f"{name}#{n}"
 
+    def _scope_suspended(self) -> bool:
+        """Whether the calling task's scope — or, before its first kflow call, the scope
+        it would get — has seen a suspension; without creating a scope, so that a refused
+        call numbers nothing (keys stay as a replay will make them)."""
+        task = asyncio.current_task()
+        inherited = _SCOPE.get()
+        if inherited is not None and inherited.owner is not self:
+            inherited = None
+        if inherited is not None and inherited.task is task:
+            return inherited.suspended
+        if task is self._root.task:
+            return self._root.suspended
+        return (inherited or self._root).suspended
+
     def _scope(self) -> _Scope:
         task = asyncio.current_task()
         inherited = _SCOPE.get()
@@ -263,7 +277,8 @@ class WorkflowContext(EnvAccess):
         parent = inherited or self._root
         parent.children += 1
         path = f"{parent.path}.{parent.children}" if parent.path else str(parent.children)
-        scope = _Scope(owner=self, task=task, path=path, parent=parent)
+        # A task started after a suspension it will wait for may not record anything.
+        scope = _Scope(owner=self, task=task, path=path, parent=parent, suspended=parent.suspended)
         _SCOPE.set(scope)
         return scope
 

@@ -51,7 +51,9 @@ class CircuitBreakers:
             return "half-open"
         return "open"
 
-    def before(self, host: str) -> None:
+    def before(self, host: str) -> bool:
+        """Refuse a request to an open circuit; True when this request is the trial of a
+        half-open one (its end, whatever it is, decides)."""
         state = self.state(host)
         b = self._breakers.setdefault(host, _Breaker())
         if state == "open":
@@ -65,6 +67,8 @@ class CircuitBreakers:
             )
         if state == "half-open":
             b.trial_in_flight = True
+            return True
+        return False
 
     def release(self, host: str) -> None:
         """A request ended without a verdict on the host: let the next one be the trial."""
@@ -95,7 +99,7 @@ class HttpClient:
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         host = str(httpx.URL(url).copy_with(path="/", query=None, fragment=None))
-        self._breakers.before(host)
+        trial = self._breakers.before(host)
         if self.timeout is not None:
             kwargs.setdefault("timeout", self.timeout)
         try:
@@ -104,7 +108,8 @@ class HttpClient:
             self._breakers.record(host, ok=False)
             raise
         except BaseException:  # cancelled (a step timeout, a segment ending): no verdict
-            self._breakers.release(host)
+            if trial:
+                self._breakers.release(host)
             raise
         self._breakers.record(host, ok=response.status_code < 500)
         return response

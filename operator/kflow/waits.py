@@ -86,19 +86,34 @@ class Waits:
             )
         ctx._reach(state.wake_at)
 
-    async def _set_aside_misfits(self, key: str, name: str, tp: Any, now: datetime) -> None:
-        """Reject pending ``name`` events whose payload does not parse as ``tp``, oldest
-        first, until one fits (or none is left): a typo in an event never fails the run,
-        and never hides the events after it. The reason shows on the run's status."""
+    async def _take(
+        self, key: str, name: str, tp: Any, now: datetime, seq: int
+    ) -> tuple[bool, Any]:
+        """Consume the oldest pending ``name`` event for the wait ``key``. With a type,
+        events whose payload does not parse as it are set aside first, oldest first, with
+        the reason (shown on the run's status): a typo never fails the run, nor hides
+        the events after it. The event consumed is exactly the one checked; one another
+        wait took meanwhile is looked for again."""
         ctx, store = self._ctx, self._ctx._svc.store
+        if tp is None:
+            return await store.consume_event(
+                ctx.run_id, ctx._epoch, name=name, wait_key=key, now=now, seq=seq
+            )
         while (pending := await store.next_event(ctx.run_id, name)) is not None:
             event_id, payload = pending
             try:
                 _parse_event(name, payload, tp)
-                return
             except EventPayloadError as exc:
                 await store.reject_event(ctx.run_id, ctx._epoch, event_id, wait_key=key,
                                          reason=str(exc), now=now)  # fmt: skip
+                continue
+            found, payload = await store.consume_event(
+                ctx.run_id, ctx._epoch, name=name, wait_key=key, now=now, seq=seq,
+                event_id=event_id,
+            )  # fmt: skip
+            if found:
+                return True, payload
+        return False, None
 
     async def wait_for_event(
         self, name: str, *, timeout: timedelta | None = None, type: Any = None
@@ -117,11 +132,7 @@ class Waits:
         now = ctx._svc.clock.now()
         seq = ctx._next_seq()
         try:
-            if type is not None:
-                await self._set_aside_misfits(key, name, type, now)
-            found, payload = await ctx._svc.store.consume_event(
-                ctx.run_id, ctx._epoch, name=name, wait_key=key, now=now, seq=seq
-            )
+            found, payload = await self._take(key, name, type, now, seq)
         except PersistenceError as exc:
             ctx._poison = exc
             raise

@@ -316,3 +316,17 @@ def test_deletion_waits_for_a_stalled_database_and_never_hangs(
                 what="the WorkflowRun to be deleted once the database answers",
             )  # fmt: skip
             assert lines(log) == ["reserve", "charge", "undo-charge", "undo-reserve"]
+
+
+def test_nothing_runs_once_its_workflowrun_is_gone(
+    operator: Operator, runs: Runs, tmp_path: Path
+) -> None:
+    # Deleted right after creation: the run starts only once kflow's finalizer is on the
+    # object, so a deletion always cancels it first, and nothing runs after it is gone.
+    logs = [tmp_path / f"brief-{i}.log" for i in range(6)]
+    for i, log in enumerate(logs):
+        runs.apply(f"brief-{i}", "steps", {"log": str(log), "steps": 4, "delay": 0.3})
+        runs.h.run("kubectl", "delete", "-n", runs.ns, f"wfr/brief-{i}", "--timeout=30s")
+    done = [lines(log) for log in logs]
+    time.sleep(2)
+    assert [lines(log) for log in logs] == done

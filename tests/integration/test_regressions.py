@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from pydantic import BaseModel
 
 from kflow import (
     EventTimeout,
@@ -296,3 +297,77 @@ async def test_an_event_wait_with_a_zero_timeout_times_out_at_once(make_env) -> 
     async with make_env(impatient) as env:
         outcome = await env.execute(impatient)
         assert (outcome.status, outcome.output) == (RunStatus.COMPLETED, "gave up")
+
+
+class Vote(BaseModel):
+    yes: bool
+
+
+async def test_two_typed_waits_never_consume_a_payload_the_other_checked(make_env) -> None:
+    @workflow(name="two-votes", events=["vote"])
+    async def votes(ctx: WorkflowContext) -> list[bool]:
+        first, second = await asyncio.gather(
+            ctx.wait_for_event("vote", type=Vote), ctx.wait_for_event("vote", type=Vote)
+        )
+        return [first.yes, second.yes]
+
+    async with make_env(votes) as env:
+        run = await env.engine.start(votes)
+        await env.send_event(run.run_id, "vote", {"yes": True})
+        await env.send_event(run.run_id, "vote", {"yes": "maybe"})  # does not fit
+        waiting = await env.engine.run_segment(run.run_id)
+        assert waiting.status is RunStatus.WAITING  # one vote in, the misfit set aside
+        await env.send_event(run.run_id, "vote", {"yes": False})
+        done = await env.drive(run.run_id)
+        assert (done.status, done.output) == (RunStatus.COMPLETED, [True, False])
+
+
+async def test_a_refused_call_after_a_suspension_keeps_step_keys_for_the_replay(
+    make_env,
+) -> None:
+    ran: list[str] = []
+
+    @workflow(name="keyed-siblings", steps=["k", "x"])
+    async def siblings(ctx: WorkflowContext) -> object:
+        async def a() -> None:
+            await ctx.sleep(timedelta(hours=1))
+
+        async def b() -> str:
+            return await ctx.step("k", lambda: ran.append("k") or "k", key="one")
+
+        async def c() -> str:
+            return await ctx.step("x", lambda: ran.append("x") or "x")
+
+        results = await asyncio.gather(a(), b(), c(), return_exceptions=True)
+        return [r if isinstance(r, str) else type(r).__name__ for r in results]
+
+    async with make_env(siblings) as env:
+        run = await env.engine.start(siblings)
+        await env.engine.run_segment(run.run_id)
+        # Woken early: the recorded sleep suspends at once, before its siblings' calls.
+        early = await env.engine.run_segment(run.run_id)
+        assert early.status is RunStatus.WAITING
+        done = await env.drive(run.run_id)
+        assert done.status is RunStatus.COMPLETED
+        assert done.output == ["NoneType", "k", "x"]
+        assert sorted(ran) == ["k", "x"]  # each step ran once, whatever the replays
+
+
+async def test_tasks_started_after_a_swallowed_suspension_record_nothing(make_env) -> None:
+    @workflow(name="late-task", steps=["a", "summary"])
+    async def late(ctx: WorkflowContext) -> list[object]:
+        async def a() -> str:
+            await ctx.sleep(timedelta(minutes=5))
+            return await ctx.step("a", lambda: "a")
+
+        results = await asyncio.gather(a(), return_exceptions=True)
+        (summary,) = await asyncio.gather(ctx.step("summary", lambda: list(results)))
+        return summary  # type: ignore[no-any-return]
+
+    async with make_env(late) as env:
+        run = await env.engine.start(late)
+        first = await env.engine.run_segment(run.run_id)
+        assert first.status is RunStatus.WAITING
+        assert "summary" not in {s.key for s in await env.engine.history(run.run_id)}
+        done = await env.drive(run.run_id)
+        assert (done.status, done.output) == (RunStatus.COMPLETED, ["a"])

@@ -109,6 +109,17 @@ async def test_a_cancelled_trial_request_does_not_keep_the_circuit_open() -> Non
         assert breakers.state("http://svc/") == "closed"
 
 
+def test_only_the_trial_request_decides_a_half_open_circuit() -> None:
+    clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    breakers = CircuitBreakers(clock, failure_threshold=1, reset_after=timedelta(seconds=30))
+    assert breakers.before("h") is False  # closed: an ordinary request
+    breakers.record("h", ok=False)
+    clock.advance(timedelta(seconds=30))
+    assert breakers.before("h") is True  # the trial
+    with pytest.raises(CircuitOpenError, match="a trial request is deciding"):
+        breakers.before("h")  # a second trial is refused while the first runs
+
+
 class M(BaseModel):
     when: datetime
     n: int

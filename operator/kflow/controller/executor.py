@@ -88,6 +88,15 @@ class InlineExecutor:
         log.warning("run %s: %s; trying again in %.0fs", run_id, why, delay)
         self._retry_at(run_id, self._engine.clock.now() + timedelta(seconds=delay))
 
+    async def kill(self, run_id: uuid.UUID) -> None:
+        """Stop the run's running segment (a cancel): its step is interrupted where it
+        awaits, as a segment Pod is stopped, instead of finishing after the cancel."""
+        self._again.discard(run_id)
+        task = self._running.get(run_id)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
+
     async def drain(self) -> None:
         """Wait for the segments running now (for shutdown and tests)."""
         while self._running:

@@ -19,7 +19,9 @@ from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
 from kflow.serde import describe_validation_error
 
-__all__ = ["build_registry"]
+__all__ = ["FINALIZER", "build_registry"]
+
+FINALIZER = "kflow.io/finalizer"
 
 
 def _ref(body: kopf.Body) -> RunRef:
@@ -47,28 +49,26 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         # A registry of our own gets none of kopf's default login handlers.
         return kopf.login_via_client(**kwargs)
 
-    # Runs are adopted from the watch stream (kopf's initial listing, then ADDED events),
-    # not by create/resume handlers: those make kopf write its diff-base annotation on
-    # every object, one PATCH (and one watch event) per run more. The controller keeps
-    # what kopf would keep: which runs it adopted, refused, or must try again.
+    # Runs are adopted from the watch stream (kopf's initial listing, then the event of
+    # kopf's finalizer PATCH), not by create/resume handlers: those make kopf write its
+    # diff-base annotation on every object, one PATCH (and one watch event) per run more.
+    # The controller keeps what kopf would keep: which runs it adopted, refused, or must
+    # try again.
     @kopf.on.event(**runs)
     async def seen(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         if event["type"] == "DELETED":
             return
         controller: Controller = memo["controller"]
         body = kopf.Body(event["object"])
+        meta = body.metadata
         ref = _ref(body)
-        if not controller.knows(ref) and not body.metadata.get("deletionTimestamp"):
-            try:
-                spec = WorkflowRunSpec.model_validate(dict(body.get("spec") or {}))
-            except ValidationError as exc:
-                message = f"invalid spec: {describe_validation_error(exc)}"
-                await controller.refuse(ref, "InvalidSpec", message)
-                return
-            # Not ADDED: listed at start, so a previous operator may have died mid-run.
-            await controller.adopt(ref, spec, resumed=event["type"] != "ADDED")
-        ours = _ours(dict(body.metadata.get("annotations") or {}))
-        if ours:
+        if not controller.knows(ref) and not meta.get("deletionTimestamp"):
+            if FINALIZER not in (meta.get("finalizers") or []):
+                return  # not before the finalizer: deleting it must cancel the run first
+            # Listed at start (type None): a previous operator may have died mid-run.
+            await controller.adopt(ref, dict(body.get("spec") or {}), resumed=event["type"] is None)
+        ours = _ours(dict(meta.get("annotations") or {}))
+        if ours and controller.adopted(ref):
             await controller.annotations(ref, ours)
 
     @kopf.on.delete(**runs)

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from kflow.clock import SystemClock
-from kflow.controller.handlers import build_registry
+from kflow.controller.handlers import FINALIZER, build_registry
 from kflow.controller.kube import KubeApi
 from kflow.controller.pods import RUN_LABEL
 from kflow.controller.runtime import Controller
@@ -69,7 +69,7 @@ async def run_operator(
 
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.posting.enabled = False  # kflow posts its own Events, on phase changes
-    kopf_settings.persistence.finalizer = "kflow.io/finalizer"
+    kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.diffbase_storage = _NoDiffBase()
     # Only segment Pods, filtered by the API server (kopf's own filter is client-side).
     kopf_settings.watching.label_selectors["v1", "pods"] = RUN_LABEL

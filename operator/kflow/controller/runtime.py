@@ -107,8 +107,11 @@ class Controller:
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._refused: set[str] = set()
         """WorkflowRuns refused for good (invalid spec or input): not tried again."""
-        self._adopting: dict[str, asyncio.TimerHandle] = {}
-        """WorkflowRuns whose adoption failed for a while (the store): tried again soon."""
+        self._adopting: dict[str, asyncio.TimerHandle | None] = {}
+        """WorkflowRuns being adopted (None: an attempt runs; a timer: the next attempt,
+        after a failure of the store or the API server)."""
+        self._gone: set[str] = set()
+        """WorkflowRuns deleted while an attempt to adopt them ran."""
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
@@ -228,21 +231,42 @@ class Controller:
 
     # -- WorkflowRun lifecycle -----------------------------------------------------
 
-    async def adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
+    async def adopt(self, ref: RunRef, raw_spec: dict[str, Any], *, resumed: bool) -> None:
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
-        run exists and is moving. ``resumed``: a previous operator may have died mid-run.
-        A store failure is retried here, every few seconds, until it works."""
+        run exists and is moving, or report why it cannot. ``resumed``: a previous
+        operator may have died mid-run. Failures of the store or the API server are
+        retried here, one attempt at a time, until it works (kopf retries no event
+        handler); a deletion meanwhile cancels whatever the attempt started."""
+        self._adopting[ref.uid] = None  # an attempt runs
         try:
-            await self._adopt(ref, spec, resumed=resumed)
-        except TransientError as exc:
+            try:
+                spec = WorkflowRunSpec.model_validate(raw_spec)
+            except ValidationError as exc:
+                await self.refuse(
+                    ref, "InvalidSpec", f"invalid spec: {describe_validation_error(exc)}"
+                )
+            else:
+                await self._adopt(ref, spec, resumed=resumed)
+        except (TransientError, ApiError, OSError) as exc:
+            if ref.uid in self._gone:
+                self._gone.discard(ref.uid)
+                self._adopting.pop(ref.uid, None)
+                return
             log.warning("cannot adopt %s/%s yet: %s", ref.namespace, ref.name, exc)
 
             def again() -> None:
-                del self._adopting[ref.uid]
-                self._spawn(self.adopt(ref, spec, resumed=resumed))
+                self._spawn(self._adopt_again(ref, raw_spec, resumed=resumed))
 
             loop = asyncio.get_running_loop()
             self._adopting[ref.uid] = loop.call_later(RETRY_AFTER, again)
+            return
+        self._adopting.pop(ref.uid, None)
+        self._gone.discard(ref.uid)
+
+    async def _adopt_again(self, ref: RunRef, raw_spec: dict[str, Any], *, resumed: bool) -> None:
+        await self.adopt(ref, raw_spec, resumed=resumed)
+        if self.adopted(ref):  # annotations set meanwhile waited for the run
+            self._retry_annotations(ref)
 
     async def _adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
         run_id = uuid.UUID(ref.uid)
@@ -261,6 +285,9 @@ class Controller:
             )
         except InvalidInput as exc:
             await self.refuse(ref, "InvalidInput", str(exc))
+            return
+        if ref.uid in self._gone:  # deleted while this attempt ran: nothing may run it
+            await self.engine.cancel(run_id, "the WorkflowRun was deleted")
             return
         self._track(ref, run)  # only now: a failed start is retried, not skipped
         self._continue(run, steal=resumed)
@@ -315,7 +342,7 @@ class Controller:
                     elif self.pods.pod_of(run_id) is None:
                         self._submit(run_id)  # e.g. after a restart: nothing undoes it yet
                     return False
-                await self.engine.cancel(run_id, "the WorkflowRun was deleted")
+                await self._cancel(run_id, "the WorkflowRun was deleted")
         except TransientError as exc:
             await self._event(
                 ref, "Warning", "DeletionDelayed",
@@ -324,10 +351,15 @@ class Controller:
             raise
         self.timers.cancel(run_id)
         self.mirror.forget(run_id)
-        for timers in (self._retries, self._adopting):
-            pending = timers.pop(ref.uid, None)
-            if pending is not None:
-                pending.cancel()
+        pending = self._retries.pop(ref.uid, None)
+        if pending is not None:
+            pending.cancel()
+        if ref.uid in self._adopting:
+            attempt = self._adopting.pop(ref.uid)
+            if attempt is None:  # running now: it cancels what it starts
+                self._gone.add(ref.uid)
+            else:
+                attempt.cancel()
         self._refused.discard(ref.uid)
         self.pods.forget(run_id)
         for state in (self._refs, self._workflows, self._versions, self._event_at, self._problems):
@@ -343,6 +375,8 @@ class Controller:
         in_pods = self._executor(run_id) is self.pods
         if in_pods:
             self.pods.cancelling(run_id)
+        else:
+            await self.inline.kill(run_id)
         outcome = await self.engine.cancel(run_id, reason, compensate=not in_pods)
         if in_pods:
             await self.pods.kill(run_id)
@@ -510,6 +544,9 @@ class Controller:
         except KflowError as exc:
             await self._event(ref, "Warning", f"{action.verb.capitalize()}Refused", str(exc))
         await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
+
+    def adopted(self, ref: RunRef) -> bool:
+        return uuid.UUID(ref.uid) in self._refs
 
     def knows(self, ref: RunRef) -> bool:
         """Adopted, refused, or about to be adopted again: nothing to do on a new event."""

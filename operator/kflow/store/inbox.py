@@ -44,9 +44,13 @@ class Inbox(StoreBase):
         wait_key: str,
         now: datetime,
         seq: int,
+        event_id: int | None = None,
     ) -> tuple[bool, Any]:
-        """Atomically take the oldest pending ``name`` event and record the wait as done."""
-        row = await self.pool.fetchrow(CONSUME_EVENT, run_id, epoch, name, wait_key, now, seq)
+        """Atomically take the oldest pending ``name`` event (or exactly ``event_id``, if
+        it is still pending) and record the wait as done."""
+        row = await self.pool.fetchrow(
+            CONSUME_EVENT, run_id, epoch, name, wait_key, now, seq, event_id
+        )
         if not row["leased"]:
             raise LeaseLost(f"run {run_id}: lease epoch {epoch} was superseded")
         return bool(row["found"]), row["payload"]
@@ -72,7 +76,8 @@ class Inbox(StoreBase):
             """WITH lease AS (SELECT run_id FROM runs
                               WHERE run_id = $1 AND lease_epoch = $2 FOR SHARE),
                upd AS (UPDATE events SET consumed_by = $4, consumed_at = $5, rejected = $6
-                       WHERE id = $3 AND run_id = $1 AND EXISTS (SELECT 1 FROM lease))
+                       WHERE id = $3 AND run_id = $1 AND consumed_by IS NULL
+                         AND EXISTS (SELECT 1 FROM lease))
                SELECT EXISTS (SELECT 1 FROM lease)""",
             run_id, epoch, event_id, wait_key, now, reason,
         )  # fmt: skip

@@ -39,20 +39,21 @@ class Progressor:
     def __init__(self, store: Store, *, interval: float = 0.1) -> None:
         self._store = store
         self._interval = interval
-        self._pending: set[uuid.UUID] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[uuid.UUID, asyncio.Task[None]] = {}
+        """Runs whose notification waits out the interval."""
+        self._sending: set[asyncio.Task[None]] = set()
 
     def touch(self, run_id: uuid.UUID) -> None:
         if run_id in self._pending:
             return
-        self._pending.add(run_id)
         task = asyncio.create_task(self._send(run_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending[run_id] = task
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, run_id: uuid.UUID) -> None:
         await asyncio.sleep(self._interval)
-        self._pending.discard(run_id)
+        self._pending.pop(run_id, None)
         await self._notify(run_id)
 
     async def _notify(self, run_id: uuid.UUID) -> None:
@@ -67,11 +68,14 @@ class Progressor:
     async def flush(self) -> None:
         """Send what is pending now, without waiting out the interval (before the
         process exits: a segment Pod's end should not wait for a hint)."""
-        for task in list(self._tasks):
-            task.cancel()
-        pending, self._pending = list(self._pending), set()
-        for run_id in pending:
+        waiting, self._pending = self._pending, {}
+        for task in waiting.values():
+            task.cancel()  # still in its interval: sent here instead
+        for run_id in waiting:
             await self._notify(run_id)
+        for task in list(self._sending):  # already sending: let them finish
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class ProgressListener:

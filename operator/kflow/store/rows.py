@@ -70,6 +70,7 @@ ev AS (
     UPDATE events SET consumed_by = $4, consumed_at = $5
     WHERE id = (SELECT e.id FROM events e
                 WHERE e.run_id = $1 AND e.name = $3 AND e.consumed_by IS NULL
+                  AND ($7::bigint IS NULL OR e.id = $7)
                   AND EXISTS (SELECT 1 FROM lease)
                 ORDER BY e.id LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING payload
