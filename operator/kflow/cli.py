@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    # kopf says "Handler ... succeeded" for every watch event of every run: noise, and
+    # CPU under load. Its warnings and errors (a failing handler) still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         settings = OperatorSettings()
     except ValidationError as exc:  # field names and messages only: never the DSN's value
