@@ -21,7 +21,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -34,13 +34,12 @@ from kflow.env import EnvProvider, OsEnv
 from kflow.errors import (
     InvalidInput,
     KflowError,
-    LeaseLost,
-    PersistenceError,
     TransientError,
     UndeclaredNameError,
     WorkflowTimeout,
 )
 from kflow.http import CircuitBreakers
+from kflow.leases import hold_lease
 from kflow.models import (
     AuthContext,
     RunRecord,
@@ -314,27 +313,13 @@ class Engine:
         await self._finish(run, run.status)
         return _outcome(run.run_id, run.status, output=run.output, error=run.error)
 
-    @contextlib.asynccontextmanager
-    async def _lease(
+    def _lease(
         self, run_id: uuid.UUID, *, steal: bool, segment: bool = True
-    ) -> AsyncIterator[RunRecord]:
-        """Hold the run's lease (a new fencing epoch) and renew it in the background.
-
-        Whatever goes wrong inside, the lease is given back (best effort; a no-op once
-        superseded), so the next executor need not wait for it to expire."""
-        run = await self.store.acquire_lease(
-            run_id, owner=self.owner, now=self.clock.now(), ttl=self.lease_ttl, steal=steal,
-            segment=segment,
+    ) -> contextlib.AbstractAsyncContextManager[RunRecord]:
+        return hold_lease(
+            self.store, run_id, owner=self.owner, clock=self.clock, ttl=self.lease_ttl,
+            steal=steal, segment=segment,
         )  # fmt: skip
-        renewal = _Renewal(self, run)
-        try:
-            yield run
-        except Exception:
-            with contextlib.suppress(PersistenceError):
-                await self.store.release_lease(run.run_id, run.lease_epoch)
-            raise
-        finally:
-            await renewal.stop()
 
     async def _finish(
         self,
@@ -499,41 +484,6 @@ class Engine:
             status = RunStatus.COMPENSATED if undone else RunStatus.CANCELLED_BY_OPERATOR
         await self._finish(run, status, error=error, completed_at=now)
         return _outcome(run.run_id, status, error=error)
-
-
-class _Renewal:
-    """Renews a segment's lease every third of its TTL. A timer, not a task per segment:
-    most segments end before it first fires."""
-
-    def __init__(self, engine: Engine, run: RunRecord) -> None:
-        self._engine = engine
-        self._run = run
-        self._loop = asyncio.get_running_loop()
-        self._interval = engine.lease_ttl.total_seconds() / 3
-        self._task: asyncio.Task[None] | None = None
-        self._timer = self._loop.call_later(self._interval, self._fire)
-
-    def _fire(self) -> None:
-        self._task = asyncio.create_task(self._renew(), name=f"kflow-lease-{self._run.run_id}")
-
-    async def _renew(self) -> None:
-        engine, run = self._engine, self._run
-        try:
-            await engine.store.renew_lease(
-                run.run_id, run.lease_epoch, now=engine.clock.now(), ttl=engine.lease_ttl
-            )
-        except LeaseLost:
-            return  # superseded: the segment's next write fails the same way and stops it
-        except TransientError:
-            pass  # a blip: try again at the next interval, before the lease runs out
-        self._timer = self._loop.call_later(self._interval, self._fire)
-
-    async def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 def _group_error(group: BaseExceptionGroup) -> str | None:
