@@ -42,16 +42,23 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-"""Workflow, step, event and compensation names: safe in keys, labels and annotations."""
+"""Workflow, step and compensation names: safe in keys and labels."""
+
+EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+"""Event names: also the name part of an annotation key (``event.kflow.io/<name>``), which
+Kubernetes limits to 63 characters, starting and ending with a letter or digit."""
 
 Handler = Callable[..., Awaitable[Any]]
 
 
 def check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    event = kind == "event"
+    if not isinstance(name, str) or not (EVENT_NAME_RE if event else NAME_RE).match(name):
+        limits = "starting and ending with a letter or digit, at most 63 characters (it is"
+        limits += " an annotation key's name)" if event else ""
         raise DefinitionError(
             f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, at most 128 characters"
+            + (limits if event else "starting with a letter or digit, at most 128 characters")
         )
     return name
 

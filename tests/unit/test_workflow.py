@@ -71,6 +71,8 @@ def test_definition_keeps_types_and_stays_callable() -> None:
         ({"version": 0}, "version must be a positive integer"),
         ({"steps": ["a", "a"]}, "duplicate step names"),
         ({"events": ["x#1"]}, "invalid event name"),
+        ({"events": ["e" * 64]}, "at most 63 characters"),  # an annotation key's name
+        ({"events": ["approved-"]}, "ending with a letter or digit"),
         ({"timeout": timedelta(0)}, "timeout must be positive"),
     ],
 )

@@ -41,6 +41,17 @@ app.kubernetes.io/component: postgresql
 {{- end -}}
 {{- end -}}
 
+{{/* Namespaces where segment Pods run: the release's, the watched ones (not
+cluster-wide), and runner.namespaces; each gets the runner ServiceAccount and DSN Secret. */}}
+{{- define "kflow.runnerNamespaces" -}}
+{{- if and .Values.rbac.clusterWide .Values.rbac.watchNamespaces -}}
+{{- fail "rbac.watchNamespaces: a cluster-wide operator watches every namespace; list the namespaces whose runs use Pods in runner.namespaces instead" -}}
+{{- end -}}
+{{- $watched := list -}}
+{{- if not .Values.rbac.clusterWide -}}{{- $watched = .Values.rbac.watchNamespaces -}}{{- end -}}
+{{- concat (list .Release.Namespace) $watched .Values.runner.namespaces | uniq | toJson -}}
+{{- end -}}
+
 {{/* The Secret with the DSN and the key holding it. */}}
 {{- define "kflow.dbSecret" -}}
 {{- if and (not .Values.postgresql.bundled) (not .Values.postgresql.existingSecret) -}}
@@ -68,10 +79,10 @@ capabilities:
 {{- define "kflow.rules" -}}
 - apiGroups: [kflow.io]
   resources: [workflowruns]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [kflow.io]
   resources: [workflowruns/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 - apiGroups: [kflow.io]
   resources: [workflows]
   verbs: [get, list, watch]
@@ -80,5 +91,5 @@ capabilities:
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kflow.workflow import NAME_RE
+from kflow.workflow import EVENT_NAME_RE
 
 __all__ = ["Action", "EventAnnotation", "Rejected", "parse_annotations"]
 
@@ -71,7 +71,7 @@ def parse_annotations(
 
 def _event(key: str, value: str, max_bytes: int) -> EventAnnotation | Rejected:
     name = key[len(EVENT_PREFIX) :]
-    if not NAME_RE.match(name):
+    if not EVENT_NAME_RE.match(name):
         return Rejected(key, value, name, f"invalid event name {name!r}")
     size = len(value.encode())
     if size > max_bytes:

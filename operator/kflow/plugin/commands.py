@@ -15,7 +15,7 @@ from kflow.models import RunStatus
 from kflow.plugin import render
 from kflow.plugin.api import Cluster, PluginError
 from kflow.plugin.manifest import ManifestError, ManifestOptions, render_manifests
-from kflow.workflow import NAME_RE
+from kflow.workflow import EVENT_NAME_RE
 
 __all__ = ["build_parser", "event_value", "main", "refusal"]
 
@@ -158,7 +158,7 @@ def _describe(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def _event(cluster: Cluster, args: argparse.Namespace) -> int:
-    if not NAME_RE.match(args.name):
+    if not EVENT_NAME_RE.match(args.name):
         raise PluginError(
             f"invalid event name {args.name!r}: letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
