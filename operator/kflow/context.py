@@ -23,9 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
-
-import httpx
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kflow.clock import Clock
 from kflow.compensations import Closures, Compensations
@@ -56,6 +54,9 @@ from kflow.workflow import (
     Registry,
     WorkflowDefinition,
 )
+
+if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
+    import httpx
 
 __all__ = ["SegmentEnded", "Services", "Suspended", "WorkflowContext"]
 
@@ -123,6 +124,8 @@ class Services:
         if self.given_http_client is not None:
             return self.given_http_client
         if self._own_http is None:
+            import httpx
+
             self._own_http = httpx.AsyncClient()
         return self._own_http
 

@@ -23,9 +23,8 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import ValidationError
 
 from kflow.clock import Clock, SystemClock
@@ -53,6 +52,9 @@ from kflow.models import (
 from kflow.serde import decode, describe_validation_error, encode
 from kflow.store import Database, SendResult, Store
 from kflow.workflow import Registry, WorkflowDefinition
+
+if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
+    import httpx
 
 __all__ = ["Engine"]
 
