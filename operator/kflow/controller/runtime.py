@@ -21,34 +21,28 @@ from typing import Any
 from pydantic import ValidationError
 
 from kflow.clock import Clock
-from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
+from kflow.controller.annotate import RETRY_AFTER, Annotations
 from kflow.controller.catalog import Catalog
 from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
-from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
+from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.podexec import Placement, PodExecutor
-from kflow.controller.status import MAX_EVENTS
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
 from kflow.errors import (
     InvalidInput,
-    KflowError,
     RunNotFound,
     TransientError,
-    UndeclaredNameError,
 )
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
-from kflow.resources import EventDelivery, ExecutorView, WorkflowRunSpec, WorkflowSpec
+from kflow.resources import ExecutorView, WorkflowRunSpec, WorkflowSpec
 from kflow.serde import describe_validation_error
 from kflow.settings import OperatorSettings
 
 __all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
-
-RETRY_AFTER = 5.0
-"""Seconds before an adoption or annotations that hit a transient failure are tried again."""
 
 _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
 
@@ -104,7 +98,7 @@ class Controller:
             max_output_bytes=settings.max_status_output_bytes,
         )
         self._actions: set[asyncio.Task[None]] = set()
-        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._annotations = Annotations(self)
         self._refused: set[str] = set()
         """WorkflowRuns refused for good (invalid spec or input): not tried again."""
         self._adopting: dict[str, asyncio.TimerHandle | None] = {}
@@ -266,7 +260,7 @@ class Controller:
     async def _adopt_again(self, ref: RunRef, raw_spec: dict[str, Any], *, resumed: bool) -> None:
         await self.adopt(ref, raw_spec, resumed=resumed)
         if self.adopted(ref):  # annotations set meanwhile waited for the run
-            self._retry_annotations(ref)
+            self._annotations.retry(ref)
 
     async def _adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
         run_id = uuid.UUID(ref.uid)
@@ -351,9 +345,7 @@ class Controller:
             raise
         self.timers.cancel(run_id)
         self.mirror.forget(run_id)
-        pending = self._retries.pop(ref.uid, None)
-        if pending is not None:
-            pending.cancel()
+        self._annotations.forget(ref.uid)
         if ref.uid in self._adopting:
             attempt = self._adopting.pop(ref.uid)
             if attempt is None:  # running now: it cancels what it starts
@@ -418,132 +410,16 @@ class Controller:
                 "could not post Event %s on %s/%s: %s", reason, ref.namespace, ref.name, exc
             )
 
-    # -- annotations -------------------------------------------------------------
+    # -- annotations (kflow.controller.annotate) -------------------------------------
 
     async def annotations(self, ref: RunRef, annotations: dict[str, str]) -> None:
-        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones.
-
-        kopf does not retry event handlers, so a transient failure (database or API
-        server) schedules another pass here; every step is idempotent (dedupe keys,
-        removals that test the value), and an annotation stays until it is handled."""
-        found = parse_annotations(annotations, max_bytes=self._settings.max_event_bytes)
-        try:
-            for item in found:
-                if isinstance(item, EventAnnotation):
-                    await self._deliver(ref, item)
-                elif isinstance(item, Rejected):
-                    await self._reject(ref, item.key, item.value, item.name, item.reason)
-                else:
-                    await self._act(ref, item)
-        except ApiError as exc:
-            if exc.status in PERMANENT:  # the same request would be refused again
-                log.error("annotations of %s/%s: %s", ref.namespace, ref.name, exc)
-                await self._event(ref, "Warning", "AnnotationFailed", str(exc))
-                return
-            log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
-            self._retry_annotations(ref)
-        except (TransientError, OSError) as exc:
-            log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
-            self._retry_annotations(ref)
-
-    def _retry_annotations(self, ref: RunRef) -> None:
-        """One pending retry per object; it reads the annotations as they are *then*, so a
-        pass that another one overtook does nothing twice."""
-        pending = self._retries.pop(ref.uid, None)
-        if pending is not None:
-            pending.cancel()
-
-        async def again() -> None:
-            self._retries.pop(ref.uid, None)
-            try:
-                body = await self._kube.get_run(ref.namespace, ref.name)
-            except (ApiError, OSError) as exc:
-                if isinstance(exc, ApiError) and exc.status == 404:
-                    return  # the WorkflowRun is gone
-                self._retry_annotations(ref)
-                return
-            current = dict(body.get("metadata", {}).get("annotations") or {})
-            await self.annotations(ref, current)
-
-        self._retries[ref.uid] = asyncio.get_running_loop().call_later(
-            RETRY_AFTER, lambda: self._spawn(again())
-        )
+        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones."""
+        await self._annotations.handle(ref, annotations)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
-
-    async def _deliver(self, ref: RunRef, event: EventAnnotation) -> None:
-        run_id = uuid.UUID(ref.uid)
-        try:
-            sent = await self.engine.send_event(
-                run_id, event.name, event.payload, dedupe_key=event.dedupe_key
-            )
-        except (UndeclaredNameError, RunNotFound) as exc:
-            await self._reject(ref, event.key, event.value, event.name, str(exc))
-            return
-        if not sent.stored and not sent.duplicate:
-            await self._reject(
-                ref, event.key, event.value, event.name,
-                f"the run is {sent.status.value}: event {event.name!r} was not delivered",
-            )  # fmt: skip
-            return
-        if sent.wakes_run:
-            self._event_at[run_id] = time.monotonic()
-            self._submit(run_id)
-        self.mirror.touch(run_id)
-        removed = await self._kube.remove_annotation(
-            ref.namespace, ref.name, event.key, event.value
-        )
-        if sent.duplicate and removed:
-            # Delivery is exactly once per name and payload: a stale watch event finds
-            # the annotation gone already; one still there was sent again on purpose.
-            await self._report_rejected(
-                ref, event.name,
-                f"event {event.name!r} with this exact payload was delivered before; "
-                "vary the payload (an id field) to send it again",
-            )  # fmt: skip
-
-    async def _reject(self, ref: RunRef, key: str, value: str, name: str, reason: str) -> None:
-        await self._report_rejected(ref, name, reason, event_text=f"{key}: {reason}")
-        await self._kube.remove_annotation(ref.namespace, ref.name, key, value)
-
-    async def _report_rejected(
-        self, ref: RunRef, name: str, reason: str, *, event_text: str | None = None
-    ) -> None:
-        """A refused event: in the run's status (``events[]``) and as a Warning Event."""
-        run_id = uuid.UUID(ref.uid)
-        rejected = self.mirror.rejected.setdefault(run_id, [])
-        rejected.append(
-            EventDelivery.model_validate({"name": name, "state": "rejected", "message": reason})
-        )
-        del rejected[:-MAX_EVENTS]
-        await self._event(ref, "Warning", "EventRejected", event_text or reason)
-        self.mirror.touch(run_id)
-
-    async def _act(self, ref: RunRef, action: Action) -> None:
-        run_id = uuid.UUID(ref.uid)
-        reason = action.value or f"{action.verb} requested by annotation"
-        try:
-            if action.verb == "cancel":
-                if self._executor(run_id) is self.pods:
-                    run = await self.engine.get_run(run_id)
-                    if run.status == RunStatus.COMPENSATING:  # do not kill the undoing Pod
-                        raise KflowError(f"run {run_id} is being cancelled already")
-                await self._cancel(run_id, reason)
-            else:
-                if action.verb == "retire":
-                    outcome = await self.engine.retire(run_id, reason)
-                else:
-                    outcome = await self.engine.retry(run_id)
-                self.timers.cancel(run_id)
-                await self._outcome(outcome)
-        except TransientError:
-            raise  # not refused: try again (the annotation stays until then)
-        except KflowError as exc:
-            await self._event(ref, "Warning", f"{action.verb.capitalize()}Refused", str(exc))
-        await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
 
     def adopted(self, ref: RunRef) -> bool:
         return uuid.UUID(ref.uid) in self._refs
