@@ -258,32 +258,33 @@ class WorkflowContext(EnvAccess):
         """Whether the calling task's scope — or, before its first kflow call, the scope
         it would get — has seen a suspension; without creating a scope, so that a refused
         call numbers nothing (keys stay as a replay will make them)."""
-        task = asyncio.current_task()
-        inherited = _SCOPE.get()
-        if inherited is not None and inherited.owner is not self:
-            inherited = None
-        if inherited is not None and inherited.task is task:
-            return inherited.suspended
-        if task is self._root.task:
-            return self._root.suspended
-        return (inherited or self._root).suspended
+        scope, parent = self._find_scope()
+        return (scope or parent).suspended
 
     def _scope(self) -> _Scope:
+        scope, parent = self._find_scope()
+        if scope is not None:
+            return scope
+        parent.children += 1
+        path = f"{parent.path}.{parent.children}" if parent.path else str(parent.children)
+        # A task started after a suspension it will wait for may not record anything.
+        scope = _Scope(owner=self, task=asyncio.current_task(), path=path, parent=parent,
+                       suspended=parent.suspended)  # fmt: skip
+        _SCOPE.set(scope)
+        return scope
+
+    def _find_scope(self) -> tuple[_Scope | None, _Scope]:
+        """The calling task's scope if it has one, else None and the scope a new one
+        would belong to (the one it inherited at creation, or the handler's)."""
         task = asyncio.current_task()
         inherited = _SCOPE.get()
         if inherited is not None and inherited.owner is not self:
             inherited = None  # left in this task's context by an earlier segment
         if inherited is not None and inherited.task is task:
-            return inherited
+            return inherited, inherited
         if task is self._root.task:
-            return self._root
-        parent = inherited or self._root
-        parent.children += 1
-        path = f"{parent.path}.{parent.children}" if parent.path else str(parent.children)
-        # A task started after a suspension it will wait for may not record anything.
-        scope = _Scope(owner=self, task=task, path=path, parent=parent, suspended=parent.suspended)
-        _SCOPE.set(scope)
-        return scope
+            return self._root, self._root
+        return None, inherited or self._root
 
     def _declared(self, kind: str, name: str) -> None:
         if self._definition is None:
