@@ -94,7 +94,7 @@ class Annotations:
             await self.handle(ref, current)
 
         self._retries[ref.uid] = asyncio.get_running_loop().call_later(
-            RETRY_AFTER, lambda: c._spawn(again())
+            RETRY_AFTER, lambda: c.background.spawn(again())
         )
 
     async def _deliver(self, ref: RunRef, event: EventAnnotation) -> None:

@@ -37,6 +37,7 @@ from kflow.controller.pods import (
     pod_started,
     segment_pod,
 )
+from kflow.controller.tasks import Background
 from kflow.engine import Engine
 from kflow.errors import RunNotFound, TransientError
 from kflow.models import SegmentOutcome
@@ -85,7 +86,7 @@ class PodExecutor:
         self._started: set[str] = set()
         self._problems: dict[str, str] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background("pod executor")
 
     @property
     def busy(self) -> int:
@@ -105,17 +106,7 @@ class PodExecutor:
         if run_id in self._live:
             return  # what moved the run is in the store: the Pod's outcome will show it
         self._live[run_id] = ""
-        self._spawn(self._dispatch(run_id))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished_task)
-
-    def _finished_task(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("pod executor task failed", exc_info=task.exception())
+        self._background.spawn(self._dispatch(run_id))
 
     async def _dispatch(self, run_id: uuid.UUID) -> None:
         try:
@@ -218,7 +209,9 @@ class PodExecutor:
         problem = pod_problem(pod)
         if live and problem is not None and problem != self._problems.get(name):
             self._problems[name] = problem  # reported once, while it lasts
-            self._spawn(self._on_problem(run_id, "PodNotStarting", f"pod {name}: {problem}"))
+            self._background.spawn(
+                self._on_problem(run_id, "PodNotStarting", f"pod {name}: {problem}")
+            )
 
     def _observe(self, pod: dict[str, Any]) -> None:
         name = str(pod["metadata"]["name"])
@@ -256,7 +249,7 @@ class PodExecutor:
         stopped = name in self._killed or run_id in self._cancelling
         self._killed.discard(name)
         self._cancelling.discard(run_id)
-        self._spawn(self._after(run_id, name, end, stopped=stopped))
+        self._background.spawn(self._after(run_id, name, end, stopped=stopped))
 
     async def _after(self, run_id: uuid.UUID, name: str, end: PodEnd, *, stopped: bool) -> None:
         # An event or wake-up that came while the Pod ran is in the store: `outcome` sees it.
@@ -365,7 +358,7 @@ class PodExecutor:
         self._disarm(key)
         loop = asyncio.get_running_loop()
         seconds = max(delay.total_seconds(), 0.0)
-        self._timers[key] = loop.call_later(seconds, lambda: self._spawn(call(*args)))
+        self._timers[key] = loop.call_later(seconds, lambda: self._background.spawn(call(*args)))
 
     def _disarm(self, key: str) -> None:
         timer = self._timers.pop(key, None)
@@ -374,8 +367,7 @@ class PodExecutor:
 
     async def drain(self) -> None:
         """Wait for the dispatches in flight (for shutdown); the Pods run on."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.drain()
         for timer in self._timers.values():
             timer.cancel()
 

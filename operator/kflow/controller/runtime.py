@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +27,7 @@ from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.podexec import Placement, PodExecutor
+from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
 from kflow.errors import (
@@ -97,7 +97,7 @@ class Controller:
             max_steps=settings.max_status_steps,
             max_output_bytes=settings.max_status_output_bytes,
         )
-        self._actions: set[asyncio.Task[None]] = set()
+        self.background = Background("controller")
         self._annotations = Annotations(self)
         self._refused: set[str] = set()
         """WorkflowRuns refused for good (invalid spec or input): not tried again."""
@@ -249,7 +249,7 @@ class Controller:
             log.warning("cannot adopt %s/%s yet: %s", ref.namespace, ref.name, exc)
 
             def again() -> None:
-                self._spawn(self._adopt_again(ref, raw_spec, resumed=resumed))
+                self.background.spawn(self._adopt_again(ref, raw_spec, resumed=resumed))
 
             loop = asyncio.get_running_loop()
             self._adopting[ref.uid] = loop.call_later(RETRY_AFTER, again)
@@ -415,11 +415,6 @@ class Controller:
     async def annotations(self, ref: RunRef, annotations: dict[str, str]) -> None:
         """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones."""
         await self._annotations.handle(ref, annotations)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._actions.add(task)
-        task.add_done_callback(self._actions.discard)
 
     def adopted(self, ref: RunRef) -> bool:
         return uuid.UUID(ref.uid) in self._refs
