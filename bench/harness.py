@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -34,6 +35,7 @@ __all__ = ["Api", "PhaseWatch", "Process", "cpu_seconds"]
 
 Obj = dict[str, Any]
 RUNS = "/apis/kflow.io/v1alpha1/namespaces/{ns}/workflowruns"
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 class Api:
@@ -85,6 +87,21 @@ class Api:
     async def annotate(self, ns: str, name: str, key: str, value: str) -> Obj:
         return await self.merge_patch(ns, name, {"metadata": {"annotations": {key: value}}})
 
+    async def post_event(self, ns: str, name: str, uid: str, reason: str, message: str) -> Obj:
+        """A Kubernetes Event on a WorkflowRun, as kflow's operator posts one."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {
+            "metadata": {"generateName": f"{name}."},
+            "involvedObject": {
+                "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun",
+                "name": name, "namespace": ns, "uid": uid,
+            },
+            "type": "Normal", "reason": reason, "message": message,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "kflow-bench"},
+        }  # fmt: skip
+        return await self.request("POST", f"/api/v1/namespaces/{ns}/events", body)
+
     async def list_runs(self, ns: str) -> Obj:
         return await self.request("GET", RUNS.format(ns=ns))
 
@@ -101,6 +118,21 @@ class Api:
         )
         await self.request("DELETE", RUNS.format(ns=ns))
         await self.request("DELETE", f"/api/v1/namespaces/{ns}")
+
+    async def requests_served(self) -> dict[str, float]:
+        """The API server's own count of requests served so far, by ``VERB resource``
+        (``apiserver_request_total``; a watch counts once, when it starts)."""
+        async with self._session.get(self._base + "/metrics") as response:
+            text = await response.text()
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(_LABEL.findall(line))
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            key = f"{labels.get('verb')} {labels.get('resource')}{sub}"
+            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
 
     async def watch_lines(self, path: str, resource_version: str) -> Any:
         """The raw events of one watch request, as decoded JSON objects."""

@@ -55,6 +55,8 @@ from kflow.devcluster.build import cache_root  # noqa: E402
 from kflow.localpg import LocalPostgres, free_port  # noqa: E402
 
 EVENT_KEY = "event.kflow.io/go"
+FINALIZER = "kflow.io/finalizer"
+Obj = dict[str, Any]
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Bench:
     api: Api
     args: argparse.Namespace
     workdir: Path
+    status_sample: Obj | None = None  # a Completed run's status, from a kflow round
 
     def namespace(self, kind: str) -> str:
         return f"{kind}-{uuid.uuid4().hex[:6]}"
@@ -131,6 +134,7 @@ class Throughput:
     rate: float
     cpu_ms: dict[str, float]  # CPU per object, by process
     writes: float  # API writes per object (create, patches), from the watch
+    requests: dict[str, float] | None = None  # requests served per object, by verb+resource
 
 
 async def raw_writes(b: Bench, m: int) -> Throughput:
@@ -149,6 +153,37 @@ async def raw_writes(b: Bench, m: int) -> Throughput:
     cpu["client"] = (time.process_time() - client0) / m * 1000
     await b.api.delete_all(ns)
     return Throughput(m / elapsed, cpu, writes=2.0)
+
+
+async def shaped_writes(b: Bench, m: int, status: Obj) -> Throughput:
+    """Raw writes of kflow's shape: what the API server must do per run whatever the
+    operator costs (create; finalizer; one status PATCH of a real kflow status; one Event)."""
+    ns = b.namespace("shaped")
+    await b.api.create_namespace(ns)
+
+    async def one(i: int) -> None:
+        created = await b.api.create_run(ns, f"r{i}", "bench-three", {})
+        meta = created["metadata"]
+        await b.api.merge_patch(ns, f"r{i}", {"metadata": {"finalizers": [FINALIZER]}})
+        await b.api.merge_patch(ns, f"r{i}", {"status": {**status, "runId": meta["uid"]}},
+                                status=True)  # fmt: skip
+        await b.api.post_event(ns, f"r{i}", meta["uid"], "Completed", "run Completed")
+
+    servers, client0 = b.servers(), time.process_time()
+    cpu0, start = cpu_seconds(servers), time.perf_counter()
+    served0 = await b.api.requests_served()
+    await asyncio.gather(*(one(i) for i in range(m)))
+    elapsed = time.perf_counter() - start
+    cpu = _per_object(cpu0, cpu_seconds(servers), m)
+    cpu["client"] = (time.process_time() - client0) / m * 1000
+    requests = _served_since(served0, await b.api.requests_served(), m)
+    await b.api.delete_all(ns)
+    return Throughput(m / elapsed, cpu, writes=4.0, requests=requests)
+
+
+def _served_since(before: dict[str, float], after: dict[str, float], m: int) -> dict[str, float]:
+    per_object = {k: (n - before.get(k, 0.0)) / m for k, n in after.items()}
+    return {k: n for k, n in per_object.items() if n >= 0.05}
 
 
 @contextlib.asynccontextmanager
@@ -178,6 +213,7 @@ async def operator_run(b: Bench, kind: str, m: int, *, profile: Path | None = No
 
     async with _scenario(b, kind, operator) as (ns, proc, watch):
         roots, client0 = {**b.servers(), "operator": proc.pid}, time.process_time()
+        served0 = await b.api.requests_served()
         cpu0, start = cpu_seconds(roots), time.perf_counter()
         await asyncio.gather(*(b.api.create_run(ns, f"r{i}", "bench-three", {}) for i in range(m)))
         await watch.until(done, m, timeout=60 + m / 5)
@@ -186,9 +222,12 @@ async def operator_run(b: Bench, kind: str, m: int, *, profile: Path | None = No
         cpu["client"] = (time.process_time() - client0) / m * 1000
         await asyncio.sleep(1.0)  # writes that follow the last phase change count too
         writes = watch.writes / m
+        requests = _served_since(served0, await b.api.requests_served(), m)
         if watch.reconnects:
             print(f"  ({ns}: the watch was reconnected {watch.reconnects} time(s))")
-    return Throughput(m / elapsed, cpu, writes)
+        if kind == "kflow":
+            b.status_sample = (await b.api.list_runs(ns))["items"][0]["status"]
+    return Throughput(m / elapsed, cpu, writes, requests)
 
 
 def _per_object(before: dict[str, float], after: dict[str, float], m: int) -> dict[str, float]:
@@ -258,10 +297,16 @@ async def bench(b: Bench) -> None:
     say = print
     say(f"warm-up: {min(a.runs, 100)} raw writes")
     await raw_writes(b, min(a.runs, 100))
-    rounds: dict[str, list[Throughput]] = {"raw": [], "kopf": [], "kflow": []}
+    rounds: dict[str, list[Throughput]] = {"raw": [], "kopf": [], "kflow": [], "shaped": []}
     for r in range(a.repeat):
         for kind in rounds:
-            t = await (raw_writes(b, a.runs) if kind == "raw" else operator_run(b, kind, a.runs))
+            if kind == "raw":
+                t = await raw_writes(b, a.runs)
+            elif kind == "shaped":
+                assert b.status_sample is not None
+                t = await shaped_writes(b, a.runs, b.status_sample)
+            else:
+                t = await operator_run(b, kind, a.runs)
             rounds[kind].append(t)
             say(f"round {r + 1}: {kind:5} {t.rate:6.0f} objects/s")
     events: list[float] = []
@@ -303,6 +348,7 @@ def report(
         "raw": "(a) raw writes: create + 1 status patch",
         "kopf": "(b) minimal kopf operator: mark done",
         "kflow": "kflow: 3-step runs to Completed",
+        "shaped": "(c) raw writes of kflow's shape (+fin, Event)",
     }
     print(f"\n{a.runs} objects, median of {a.repeat} round(s) [min-max]")
     print(f"{'':42} {'objects/s':>9} {'range':>11} {'kflow/this':>10}")
@@ -317,6 +363,12 @@ def report(
         writes = statistics.median(t.writes for t in rounds[kind])
         cols = [statistics.median(t.cpu_ms.get(p, 0.0) for t in rounds[kind]) for p in procs]
         print(f"{title:42} {writes:6.1f} " + " ".join(f"{c:9.2f}" for c in cols))
+    print("\nAPI requests served per object (last round; >= 0.05)")
+    for kind, title in names.items():
+        served = rounds[kind][-1].requests
+        if served:
+            listed = ", ".join(f"{k} {n:.2f}" for k, n in sorted(served.items()))
+            print(f"{title:42} {listed}")
     rows: list[tuple[str, list[float]]] = []
     if events:
         rows.append((f"event -> Completed ({len(events)}, {a.event_rate:g}/s)", events))

@@ -1,4 +1,5 @@
-"""Pure parts of the controller: annotations, the status summary, the timer wheel."""
+"""Pure parts of the controller: annotations, the status summary, the timer wheel, when
+the status mirror writes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from kflow import RunStatus, StepState, StepStatus, VirtualClock
 from kflow.clock import SystemClock
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
+from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.status import build_status
 from kflow.controller.timers import TimerWheel
 from kflow.models import RunRecord, StepKind, SuspendKind
@@ -151,3 +153,63 @@ async def test_timer_wheel_fires_past_times_at_once() -> None:
     await asyncio.sleep(0.01)
     task.cancel()
     assert fired == [uuid.UUID(int=7)]
+
+
+class _Recorder:
+    """The two outside calls a `StatusMirror` makes: the store read and the PATCH."""
+
+    def __init__(self) -> None:
+        self.store = self
+        self.phase = RunStatus.RUNNING
+        self.patched: list[tuple[float, str]] = []
+
+    async def snapshot(self, run_id: uuid.UUID, *, last_steps: int) -> tuple[object, ...]:
+        return _run(run_id=run_id, status=self.phase), [], 0, []
+
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, object]) -> None:
+        self.patched.append((asyncio.get_running_loop().time(), str(status["phase"])))
+
+
+def _mirror(fake: _Recorder, interval: float) -> StatusMirror:
+    ref = RunRef(namespace="ns", name="r", uid=str(uuid.UUID(int=1)))
+    return StatusMirror(
+        engine=fake, kube=fake, clock=SystemClock(),  # type: ignore[arg-type]
+        interval=timedelta(seconds=interval), ref=lambda _: ref, executor=lambda _: None,
+        on_rejected=lambda *_: asyncio.sleep(0), max_steps=50, max_output_bytes=1024,
+    )  # fmt: skip
+
+
+async def test_mirror_coalesces_touches_and_honours_deadlines() -> None:
+    run_id = uuid.UUID(int=1)
+    fake = _Recorder()
+    mirror = _mirror(fake, interval=0.05)
+    loop = asyncio.get_running_loop()
+
+    # Queued (a late deadline), then done: one PATCH, at once, with the end state.
+    start = loop.time()
+    mirror.touch(run_id, within=5.0)
+    await asyncio.sleep(0.1)
+    assert fake.patched == []
+    fake.phase = RunStatus.COMPLETED
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.02)
+    assert [phase for _, phase in fake.patched] == ["Completed"]
+    assert fake.patched[0][0] - start < 0.5
+
+    # A record's touch brings a late deadline forward to the interval.
+    fake.phase = RunStatus.WAITING
+    start = loop.time()
+    mirror.touch(run_id, within=5.0)
+    for _ in range(10):
+        mirror.touch(run_id)
+    await asyncio.sleep(0.3)
+    assert [phase for _, phase in fake.patched] == ["Completed", "Waiting"]
+    assert 0.04 <= fake.patched[1][0] - start < 0.3
+
+    # Left alone, a late deadline still comes.
+    fake.phase = RunStatus.RUNNING
+    start = loop.time()
+    mirror.touch(run_id, within=0.2)
+    await asyncio.sleep(0.4)
+    assert [phase for _, phase in fake.patched][-1] == "Running"
+    assert 0.19 <= fake.patched[-1][0] - start < 0.4

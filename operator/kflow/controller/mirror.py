@@ -4,6 +4,8 @@ Every record a segment writes *touches* the run; touches are coalesced into one 
 interval, so a run making hundreds of fast steps costs a few PATCHes a second. A phase
 change is *urgent* and flushes at once (an event's effect shows without waiting), which
 also absorbs the pending step touches: a fast run costs one PATCH, not one per step. A
+touch may give a later deadline (a run queued for the inline executor shows nothing until
+its first records, or a deadline, so a fast run is not first written as pending). A
 flush reads the run from PostgreSQL (the operator is the only writer of the status) and
 skips the PATCH when nothing changed.
 """
@@ -74,19 +76,27 @@ class StatusMirror:
         self._dirty: set[uuid.UUID] = set()
         self._flushers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.Event] = {}
+        self._due: dict[uuid.UUID, float] = {}  # loop time by which the run's flush is due
         self._last: dict[uuid.UUID, WorkflowRunStatus] = {}
         self.rejected: dict[uuid.UUID, list[EventDelivery]] = {}
         """Annotations refused for a run, shown beside its delivered events."""
         self.patches = 0
 
-    def touch(self, run_id: uuid.UUID, *, urgent: bool = False) -> None:
+    def touch(
+        self, run_id: uuid.UUID, *, urgent: bool = False, within: float | None = None
+    ) -> None:
+        """The run changed: write its status within the interval (at once if ``urgent``,
+        within ``within`` seconds if given), together with whatever changes meanwhile."""
         self._dirty.add(run_id)
-        wakeup = self._wakeups.setdefault(run_id, asyncio.Event())
-        if urgent:
-            wakeup.set()
+        delay = 0.0 if urgent else self._interval if within is None else within
+        due = asyncio.get_running_loop().time() + delay
+        if due < self._due.get(run_id, float("inf")):
+            self._due[run_id] = due
+            wakeup = self._wakeups.setdefault(run_id, asyncio.Event())
+            wakeup.set()  # the flusher waits for an earlier deadline now
         if run_id not in self._flushers:
             self._flushers[run_id] = asyncio.create_task(
-                self._flush_loop(run_id, wakeup), name=f"kflow-status-{run_id}"
+                self._flush_loop(run_id, self._wakeups[run_id]), name=f"kflow-status-{run_id}"
             )
 
     def forget(self, run_id: uuid.UUID) -> None:
@@ -95,6 +105,7 @@ class StatusMirror:
         self.rejected.pop(run_id, None)
         self._reported.pop(run_id, None)
         self._wakeups.pop(run_id, None)
+        self._due.pop(run_id, None)
         task = self._flushers.pop(run_id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -103,29 +114,36 @@ class StatusMirror:
         return self._last.get(run_id)
 
     async def _flush_loop(self, run_id: uuid.UUID, wakeup: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while run_id in self._dirty:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=self._interval)
-                wakeup.clear()
+                wait = self._due.get(run_id, 0.0) - loop.time()
+                if wait > 0:
+                    wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wakeup.wait(), timeout=wait)
+                    continue  # due now, or a touch moved the deadline: look again
                 self._dirty.discard(run_id)
+                self._due.pop(run_id, None)
                 try:
                     await self.flush(run_id)
                 except ApiError as exc:
                     if exc.status in PERMANENT:  # retrying the same PATCH cannot help
                         log.error("status of run %s refused: %s", run_id, exc)
                         continue
-                    log.warning("status of run %s not mirrored yet: %s", run_id, exc)
-                    self._dirty.add(run_id)
-                    await asyncio.sleep(max(self._interval, 1.0))
+                    await self._later(run_id, exc)
                 except (TransientError, OSError) as exc:
-                    log.warning("status of run %s not mirrored yet: %s", run_id, exc)
-                    self._dirty.add(run_id)
-                    await asyncio.sleep(max(self._interval, 1.0))
+                    await self._later(run_id, exc)
         finally:
             if self._flushers.get(run_id) is asyncio.current_task():
                 del self._flushers[run_id]
                 self._wakeups.pop(run_id, None)
+                self._due.pop(run_id, None)
+
+    async def _later(self, run_id: uuid.UUID, exc: Exception) -> None:
+        log.warning("status of run %s not mirrored yet: %s", run_id, exc)
+        await asyncio.sleep(max(self._interval, 1.0))
+        self._dirty.add(run_id)  # and due at once
 
     async def _report_rejections(self, run_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
         """Events a wait set aside (their payload did not fit its type) are reported once,

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
 
+QUEUED_STATUS_AFTER = 5.0
+"""Seconds a run may wait for a free inline slot before its (Pending) status is written."""
+
 
 class Controller:
     def __init__(
@@ -121,8 +124,10 @@ class Controller:
         placement = self.catalog.placement(ref.namespace, workflow, self._versions.get(run_id))
         return self.pods if placement.executor == "pod" else self.inline
 
-    def _submit(self, run_id: uuid.UUID, *, steal: bool = False) -> None:
-        self._executor(run_id).submit(run_id, steal=steal)
+    def _submit(self, run_id: uuid.UUID, *, steal: bool = False) -> InlineExecutor | PodExecutor:
+        executor = self._executor(run_id)
+        executor.submit(run_id, steal=steal)
+        return executor
 
     async def _pod_placement(self, run_id: uuid.UUID) -> Placement:
         """The WorkflowRun and pod template of the run's next segment Pod (read from the
@@ -284,8 +289,10 @@ class Controller:
             await self.engine.cancel(run_id, "the WorkflowRun was deleted")
             return
         self._track(ref, run)  # only now: a failed start is retried, not skipped
-        self._continue(run, steal=resumed)
-        self.mirror.touch(run_id)
+        queued = self._continue(run, steal=resumed) is self.inline
+        # A run the inline executor starts soon shows with its first records or its end:
+        # one status PATCH for a fast run, not one more for the queue.
+        self.mirror.touch(run_id, within=QUEUED_STATUS_AFTER if queued else None)
 
     def _track(self, ref: RunRef, run: RunRecord) -> None:
         self._refs[run.run_id] = ref
@@ -293,16 +300,17 @@ class Controller:
         self._versions[run.run_id] = run.workflow_version
         self._set_phase(run.run_id, run.status)
 
-    def _continue(self, run: RunRecord, *, steal: bool) -> None:
+    def _continue(self, run: RunRecord, *, steal: bool) -> InlineExecutor | PodExecutor | None:
+        """Submit the run if it can move; the executor it went to."""
         if run.status.is_terminal:
-            return
+            return None
         if run.status == RunStatus.WAITING:
             if run.wake_at is not None:
                 self.timers.schedule(run.run_id, run.wake_at)
             if run.waiting_event is None:
-                return
+                return None
             # An event may have come while no operator ran: look once now.
-        self._submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
+        return self._submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
 
     async def refuse(self, ref: RunRef, reason: str, message: str) -> None:
         """Report a WorkflowRun that cannot be run, instead of running it (once)."""
