@@ -45,7 +45,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# This checkout's code, also when the installed kflow is another checkout's (a worktree).
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT)]
 
 from bench.harness import Api, PhaseWatch, Process, cpu_seconds  # noqa: E402
 from bench.pyspy_summary import summarize  # noqa: E402
@@ -84,7 +85,7 @@ class Bench:
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "PATH": f"{tools}:{ROOT / '.venv/bin'}:{os.environ['PATH']}",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT}",
         }
 
     def kflow(self, ns: str, *, profile: Path | None = None) -> Process:
