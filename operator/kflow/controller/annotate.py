@@ -114,7 +114,9 @@ class Annotations:
             )  # fmt: skip
             return
         if sent.wakes_run:
-            c._event_at[run_id] = time.monotonic()
+            tracked = c.tracked(run_id)
+            if tracked is not None:
+                tracked.event_at = time.monotonic()
             c._submit(run_id)
         c.mirror.touch(run_id)
         removed = await c._kube.remove_annotation(ref.namespace, ref.name, event.key, event.value)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,21 @@ log = logging.getLogger(__name__)
 
 _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
 
+
+@dataclass
+class Tracked:
+    """What the controller keeps of a run it adopted."""
+
+    ref: RunRef
+    workflow: str
+    version: int | None
+    phase: RunStatus
+    event_at: float | None = None
+    """When an event that wakes the run was stored (monotonic; the latency metric)."""
+    problem: str | None = None
+    """The last segment Pod failure, shown on the status until a segment goes through."""
+
+
 QUEUED_STATUS_AFTER = 5.0
 """Seconds a run may wait for a free inline slot before its (Pending) status is written."""
 
@@ -62,15 +78,11 @@ class Controller:
     ) -> None:
         self.engine = engine
         self.metrics = metrics or Metrics()
-        self._workflows: dict[uuid.UUID, str] = {}
-        self._versions: dict[uuid.UUID, int | None] = {}
-        self._problems: dict[uuid.UUID, str] = {}
-        self._event_at: dict[uuid.UUID, float] = {}
         self._kube = kube
         self._clock = clock
         self._settings = settings
-        self._refs: dict[uuid.UUID, RunRef] = {}
-        self._phases: dict[uuid.UUID, RunStatus] = {}
+        self._runs: dict[uuid.UUID, Tracked] = {}
+        """The runs adopted, until their WorkflowRun is deleted."""
         self.timers = TimerWheel(clock, fire=self._wake)
         self.timers.lateness = self.metrics.timer_lateness.observe
         self.catalog = Catalog(settings.default_executor)
@@ -94,7 +106,7 @@ class Controller:
             kube=kube,
             clock=clock,
             interval=settings.status_interval,
-            ref=self._refs.get,
+            ref=self._ref,
             executor=self._executor_view,
             on_rejected=self._payload_rejected,
             max_steps=settings.max_status_steps,
@@ -117,11 +129,15 @@ class Controller:
     def _wake(self, run_id: uuid.UUID) -> None:
         self._submit(run_id)
 
+    def _ref(self, run_id: uuid.UUID) -> RunRef | None:
+        tracked = self._runs.get(run_id)
+        return None if tracked is None else tracked.ref
+
     def _executor(self, run_id: uuid.UUID) -> InlineExecutor | PodExecutor:
-        workflow, ref = self._workflows.get(run_id), self._refs.get(run_id)
-        if workflow is None or ref is None:
+        tracked = self._runs.get(run_id)
+        if tracked is None:
             return self.inline
-        placement = self.catalog.placement(ref.namespace, workflow, self._versions.get(run_id))
+        placement = self.catalog.placement(tracked.ref.namespace, tracked.workflow, tracked.version)
         return self.pods if placement.executor == "pod" else self.inline
 
     def _submit(self, run_id: uuid.UUID, *, steal: bool = False) -> InlineExecutor | PodExecutor:
@@ -132,14 +148,15 @@ class Controller:
     async def _pod_placement(self, run_id: uuid.UUID) -> Placement:
         """The WorkflowRun and pod template of the run's next segment Pod (read from the
         store each time: the runner binds the run's version on its first segment)."""
-        ref = self._refs.get(run_id)
-        if ref is None:
+        tracked = self._runs.get(run_id)
+        if tracked is None:
             return None
         try:
             run = await self.engine.get_run(run_id)
         except RunNotFound:
             return None
-        self._versions[run_id] = run.workflow_version
+        tracked.version = run.workflow_version
+        ref = tracked.ref
         placement = self.catalog.placement(ref.namespace, run.workflow_name, run.workflow_version)
         if placement.problem is not None or placement.template is None:
             return placement.problem or "no pod template"
@@ -149,29 +166,27 @@ class Controller:
 
     async def _pod_problem(self, run_id: uuid.UUID, reason: str, message: str) -> None:
         self.metrics.pod_problems.labels(reason).inc()
-        if self._problems.get(run_id) == message:
-            return  # said already (a finalizer polling a run nothing can undo, say)
-        self._problems[run_id] = message
+        tracked = self._runs.get(run_id)
+        if tracked is None or tracked.problem == message:
+            return  # gone, or said already (a finalizer polling a run nothing can undo, say)
+        tracked.problem = message
         self.mirror.touch(run_id)
-        ref = self._refs.get(run_id)
-        if ref is not None:
-            await self._event(ref, "Warning", reason, message)
+        await self._event(tracked.ref, "Warning", reason, message)
 
     async def _payload_rejected(self, run_id: uuid.UUID, name: str, reason: str) -> None:
-        ref = self._refs.get(run_id)
+        ref = self._ref(run_id)
         if ref is not None:
             await self._event(ref, "Warning", "EventRejected", f"{name}: {reason}")
 
     def _executor_view(self, run_id: uuid.UUID) -> ExecutorView | None:
-        if self._executor(run_id) is self.inline:
+        tracked = self._runs.get(run_id)
+        if tracked is None or self._executor(run_id) is self.inline:
             return None
-        return ExecutorView(
-            kind="pod", pod=self.pods.pod_of(run_id), message=self._problems.get(run_id)
-        )
+        return ExecutorView(kind="pod", pod=self.pods.pod_of(run_id), message=tracked.problem)
 
     def progress(self, run_id: uuid.UUID) -> None:
         """A runner announced a record of the run (PostgreSQL NOTIFY): mirror it."""
-        if run_id in self._refs:
+        if run_id in self._runs:
             self.mirror.touch(run_id)
 
     def progress_reconnected(self) -> None:
@@ -205,28 +220,19 @@ class Controller:
             self.catalog.remove(uid)
             return
         self.catalog.put(uid, meta["namespace"], spec)
-        for run_id, phase in list(self._phases.items()):
-            ref = self._refs.get(run_id)
-            if ref is None or ref.namespace != meta["namespace"]:
+        for run_id, tracked in list(self._runs.items()):
+            if tracked.ref.namespace != meta["namespace"] or tracked.workflow != spec.workflow:
                 continue
-            if self._workflows.get(run_id) != spec.workflow:
-                continue
-            if phase.is_blocked or (
-                phase == RunStatus.COMPENSATING and run_id not in self.pods.running()
+            if tracked.phase.is_blocked or (
+                tracked.phase == RunStatus.COMPENSATING and run_id not in self.pods.running()
             ):
                 self._submit(run_id)
 
     def recorded(self, run_id: uuid.UUID, step: StepState) -> None:
         """A segment stored a record: mirror it, and count it."""
         self.mirror.touch(run_id)
-        self.metrics.step_recorded(self._workflows.get(run_id, ""), step)
-
-    def _set_phase(self, run_id: uuid.UUID, status: RunStatus) -> RunStatus | None:
-        before = self._phases.get(run_id)
-        if before != status:
-            self._phases[run_id] = status
-            self.metrics.phase_changed(before, status)
-        return before
+        tracked = self._runs.get(run_id)
+        self.metrics.step_recorded(tracked.workflow if tracked else "", step)
 
     # -- WorkflowRun lifecycle -----------------------------------------------------
 
@@ -295,10 +301,10 @@ class Controller:
         self.mirror.touch(run_id, within=QUEUED_STATUS_AFTER if queued else None)
 
     def _track(self, ref: RunRef, run: RunRecord) -> None:
-        self._refs[run.run_id] = ref
-        self._workflows[run.run_id] = run.workflow_name
-        self._versions[run.run_id] = run.workflow_version
-        self._set_phase(run.run_id, run.status)
+        before = self._runs.get(run.run_id)
+        self._runs[run.run_id] = Tracked(ref, run.workflow_name, run.workflow_version, run.status)
+        if before is None or before.phase != run.status:
+            self.metrics.phase_changed(before.phase if before else None, run.status)
 
     def _continue(self, run: RunRecord, *, steal: bool) -> InlineExecutor | PodExecutor | None:
         """Submit the run if it can move; the executor it went to."""
@@ -336,7 +342,7 @@ class Controller:
             except RunNotFound:
                 run = None
             if run is not None and not run.status.is_terminal:
-                if run_id not in self._refs:  # kopf resumes no object already being deleted
+                if run_id not in self._runs:  # kopf resumes no object already being deleted
                     self._track(ref, run)
                 if self._executor(run_id) is self.pods:
                     if run.status != RunStatus.COMPENSATING:
@@ -362,11 +368,9 @@ class Controller:
                 attempt.cancel()
         self._refused.discard(ref.uid)
         self.pods.forget(run_id)
-        for state in (self._refs, self._workflows, self._versions, self._event_at, self._problems):
-            state.pop(run_id, None)
-        phase = self._phases.pop(run_id, None)
-        if phase is not None:
-            self.metrics.forgotten(phase)
+        tracked = self._runs.pop(run_id, None)
+        if tracked is not None:
+            self.metrics.forgotten(tracked.phase)
         return True
 
     async def _cancel(self, run_id: uuid.UUID, reason: str) -> SegmentOutcome:
@@ -387,25 +391,28 @@ class Controller:
     async def _outcome(self, outcome: SegmentOutcome) -> None:
         run_id = outcome.run_id
         self.mirror.touch(run_id, urgent=True)
-        if not (outcome.status == RunStatus.FAILED or outcome.status.is_blocked):
-            self._problems.pop(run_id, None)  # a segment went through
         if outcome.ready_at is not None:
             if outcome.ready_at <= self._clock.now():
                 self._submit(run_id)
             else:
                 self.timers.schedule(run_id, outcome.ready_at)
         self.metrics.segments.labels(outcome.status.value).inc()
-        delivered = self._event_at.pop(run_id, None)
-        if delivered is not None:
-            self.metrics.event_to_resume.observe(time.monotonic() - delivered)
-        before = self._set_phase(run_id, outcome.status)
-        ref = self._refs.get(run_id)
-        if ref is None or before == outcome.status or outcome.status == RunStatus.WAITING:
+        tracked = self._runs.get(run_id)
+        if tracked is None:  # its WorkflowRun was deleted meanwhile
             return
+        if not (outcome.status == RunStatus.FAILED or outcome.status.is_blocked):
+            tracked.problem = None  # a segment went through
+        if tracked.event_at is not None:
+            self.metrics.event_to_resume.observe(time.monotonic() - tracked.event_at)
+            tracked.event_at = None
+        before, tracked.phase = tracked.phase, outcome.status
+        if before == outcome.status:
+            return
+        self.metrics.phase_changed(before, outcome.status)
         if outcome.status.is_terminal or outcome.status.is_blocked:
             kind = "Normal" if outcome.status in _NORMAL else "Warning"
             message = outcome.error or f"run {outcome.status.value}"
-            await self._event(ref, kind, outcome.status.value, message)
+            await self._event(tracked.ref, kind, outcome.status.value, message)
 
     async def _event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
         try:
@@ -425,9 +432,12 @@ class Controller:
         await self._annotations.handle(ref, annotations)
 
     def adopted(self, ref: RunRef) -> bool:
-        return uuid.UUID(ref.uid) in self._refs
+        return uuid.UUID(ref.uid) in self._runs
+
+    def tracked(self, run_id: uuid.UUID) -> Tracked | None:
+        return self._runs.get(run_id)
 
     def knows(self, ref: RunRef) -> bool:
         """Adopted, refused, or about to be adopted again: nothing to do on a new event."""
         uid = ref.uid
-        return uuid.UUID(uid) in self._refs or uid in self._refused or uid in self._adopting
+        return uuid.UUID(uid) in self._runs or uid in self._refused or uid in self._adopting
