@@ -135,6 +135,13 @@ def test_placement_follows_the_workflow_resource_of_the_runs_namespace() -> None
     catalog.remove("u2")
     assert catalog.find("shop", "orders", None) == spec(1, executor="pod",
                                                         template={"image": "orders:1"})  # fmt: skip
+    # An object edited to declare another workflow no longer answers for the first.
+    catalog.put("u1", "shop", spec(1, executor="pod").model_copy(update={"workflow": "refunds"}))
+    assert catalog.find("shop", "orders", None) is None
+    assert catalog.find("shop", "refunds", 1) is not None
+    catalog.remove("u1")
+    catalog.remove("u1")  # a deletion seen twice
+    assert catalog.find("shop", "refunds", None) is None
     strict = Catalog(default="pod")
     assert "no Workflow resource declares 'orders'" in (
         strict.placement("shop", "orders", None).problem or ""

@@ -33,17 +33,28 @@ class Catalog:
     def __init__(self, default: Executor) -> None:
         self._default: Executor = default
         self._by_uid: dict[str, tuple[str, WorkflowSpec]] = {}
+        # Looked up on every submit and status write: by (namespace, workflow), not a scan.
+        self._by_name: dict[tuple[str, str], dict[str, WorkflowSpec]] = {}
 
     def put(self, uid: str, namespace: str, spec: WorkflowSpec) -> None:
+        self.remove(uid)  # the object may have been renamed to another workflow
         self._by_uid[uid] = (namespace, spec)
+        self._by_name.setdefault((namespace, spec.workflow), {})[uid] = spec
 
     def remove(self, uid: str) -> None:
-        self._by_uid.pop(uid, None)
+        entry = self._by_uid.pop(uid, None)
+        if entry is None:
+            return
+        namespace, spec = entry
+        key = (namespace, spec.workflow)
+        self._by_name[key].pop(uid, None)
+        if not self._by_name[key]:
+            del self._by_name[key]
 
     def find(self, namespace: str, workflow: str, version: int | None) -> WorkflowSpec | None:
         """The object declaring ``workflow`` at ``version`` in ``namespace``, or its highest
         active version there."""
-        specs = [s for ns, s in self._by_uid.values() if ns == namespace and s.workflow == workflow]
+        specs = self._by_name.get((namespace, workflow), {}).values()
         if version is not None:
             return next((s for s in specs if s.version == version), None)
         active = [s for s in specs if s.active]
