@@ -72,16 +72,19 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
             await controller.annotations(ref, ours)
 
     @kopf.on.delete(**runs)
-    async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         controller: Controller = memo["controller"]
+        # Asked again sooner at first (a compensation Pod is quick), then less often: a
+        # run nothing can undo yet (no template, the database away) is not polled hot.
+        delay = min(2.0 * 1.5**retry, 30.0)
         try:
             done = await controller.delete(_ref(body))
         except TransientError as exc:
             raise kopf.TemporaryError(
-                f"cannot cancel the run before deletion, retrying: {exc}", delay=5
+                f"cannot cancel the run before deletion, retrying: {exc}", delay=delay
             ) from exc
         if not done:
-            raise kopf.TemporaryError("a segment Pod undoes the run before it goes", delay=2)
+            raise kopf.TemporaryError("a segment Pod undoes the run before it goes", delay=delay)
 
     # Workflow resources: watched, never changed (no finalizer, no kopf annotations).
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
