@@ -116,10 +116,13 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
             pytrace=False,
         )
     path = _tool_path()
-    cluster = LocalCluster(binaries=_binaries, users={NOBODY: (), VIEWER: (VIEWERS_GROUP,)})
+    cluster = LocalCluster(
+        binaries=_binaries, users={NOBODY: (), VIEWER: (VIEWERS_GROUP,)}, pod_network=True
+    )
     with cluster:
         assert cluster.workdir is not None
-        with NodeStandIn(cluster.endpoint(), workdir=cluster.workdir / "pods") as node:
+        pods = cluster.workdir / "pods"
+        with NodeStandIn(cluster.endpoint(), workdir=pods, network=cluster.network) as node:
             helm_home = tmp_path_factory.mktemp("helm")
             env = {
                 **os.environ, "PATH": path, "KUBECONFIG": str(cluster.kubeconfig),

@@ -91,6 +91,9 @@ def test_install_run_upgrade_uninstall(
             # The node stand-in runs no images: the Pod's Python is this checkout's.
             "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT)}],
         },
+        # The API server calls it at its Service, with the chart's certificate: the node
+        # stand-in routes the Service to the operator Pod (kflow.devcluster.network).
+        "webhook": {"enabled": True, "port": free_port()},
     }  # fmt: skip
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
@@ -102,6 +105,19 @@ def test_install_run_upgrade_uninstall(
     selector = "app.kubernetes.io/component=operator"
     (pod,) = core.list_namespaced_pod(namespace, label_selector=selector).items
     assert pod.spec.service_account_name == f"{RELEASE}-operator"
+    # The webhook refuses input that does not fit the workflow's model, naming the field.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({
+        "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun",
+        "metadata": {"name": "bad-order"},
+        "spec": {"workflow": "order-fulfilment", "input": {"id": "o-1", "sku": "book"}},
+    }))  # fmt: skip
+    refused = wait_for(
+        lambda: _refused(harness, namespace, bad), timeout=60, interval=1.0,
+        what="the chart's webhook to answer (its failure policy lets runs through until then)",
+    )  # fmt: skip
+    assert 'admission webhook "input.validate.kflow.io" denied' in refused
+    assert "spec.input" in refused and "quantity" in refused
     harness.run("kubectl", "apply", "-n", namespace, "-f", ROOT / "examples/orders/run.yaml")
     wait_for(lambda: _phase(harness, namespace, "order-42") == "Waiting", timeout=60,
              what="the order to wait for its payment")  # fmt: skip
@@ -137,6 +153,16 @@ def test_install_run_upgrade_uninstall(
     for crd in CRDS:
         harness.run("kubectl", "get", "crd", crd)
     assert _phase(harness, namespace, "order-42") == "Completed"  # the runs are still there
+
+
+def _refused(harness: Harness, namespace: str, manifest: Path) -> str | None:
+    """The API server's refusal of ``manifest``; None (and the object deleted again) if it
+    was let through: the webhook's failure policy is Ignore while it cannot be reached."""
+    applied = harness.run("kubectl", "apply", "-n", namespace, "-f", manifest, check=False)
+    if applied.returncode != 0:
+        return applied.stderr
+    harness.run("kubectl", "delete", "-n", namespace, "-f", manifest, "--wait=false")
+    return None
 
 
 def _phase(harness: Harness, namespace: str, name: str) -> str:

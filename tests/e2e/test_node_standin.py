@@ -205,3 +205,33 @@ def test_init_containers_and_restart_on_failure(api: client.ApiClient, namespace
     assert done.status.init_container_statuses[0].state.terminated.exit_code == 0
     log_file = Path(done.status.message.split("main=")[1].split(";")[0])
     assert log_file.read_text() == "from init 1\nfrom init 2\n"
+
+
+def test_secret_and_configmap_volumes_are_files_at_their_mount_paths(
+    harness: Harness, api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="creds"), string_data={"token": "s3cret"}))  # fmt: skip
+    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="conf"), data={"a.txt": "alpha"}))  # fmt: skip
+    # The process is told the mount paths (env and args); the stand-in rewrites them.
+    code = (
+        "import os, sys; "
+        "print(open(os.environ['TOKEN_FILE']).read(), open(sys.argv[1]).read(), "
+        "oct(os.stat(os.environ['TOKEN_FILE']).st_mode & 0o777))"
+    )
+    pod = _pod("mounts", code, container={
+        "args": ["/etc/conf/renamed.txt"],
+        "env": [{"name": "TOKEN_FILE", "value": "/var/run/creds/token"}],
+        "volumeMounts": [{"name": "creds", "mountPath": "/var/run/creds", "readOnly": True},
+                         {"name": "conf", "mountPath": "/etc/conf"}],
+    }, volumes=[
+        {"name": "creds", "secret": {"secretName": "creds"}},
+        {"name": "conf", "configMap": {"name": "conf",
+                                       "items": [{"key": "a.txt", "path": "renamed.txt"}]}},
+    ])  # fmt: skip
+    core.create_namespaced_pod(namespace, pod)
+    _phase(core, namespace, "mounts", "Succeeded")
+    logs = harness.run("kubectl", "logs", "mounts", "-n", namespace)
+    assert logs.stdout == "s3cret alpha 0o600\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kflow.devcluster.build import COMPONENTS, _locked, find_cached
-from kflow.devcluster.podenv import PodConfigError, command_line, expand, field_ref
+from kflow.devcluster.podenv import PodConfigError, command_line, expand, field_ref, translate
 from kflow.devcluster.procs import is_ours, stop_pid
 
 POD = {
@@ -105,3 +105,13 @@ def test_build_lock_makes_a_second_builder_wait(tmp_path: Path) -> None:
     b.join(5)
     assert order == ["first", "second"]
     assert any("waiting" in s for s in said)
+
+
+def test_mount_paths_are_translated_to_the_pods_volume_directories() -> None:
+    mounts = {"/var/run/kflow": Path("/pods/p/volumes/a"),
+              "/var/run/kflow/webhook": Path("/pods/p/volumes/b")}  # fmt: skip
+    assert translate("/var/run/kflow/webhook/tls.crt", mounts) == "/pods/p/volumes/b/tls.crt"
+    assert translate("/var/run/kflow/dsn", mounts) == "/pods/p/volumes/a/dsn"
+    assert translate("/var/run/kflow", mounts) == "/pods/p/volumes/a"
+    assert translate("/var/run/kflowx/y", mounts) == "/var/run/kflowx/y"  # a prefix, not a path
+    assert translate("--cert=/var/run/kflow/x", mounts) == "--cert=/var/run/kflow/x"

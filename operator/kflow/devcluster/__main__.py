@@ -64,7 +64,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"cluster {args.name!r} is already up ({pointer}); run 'down' first", file=sys.stderr)
         return 1
     started = time.monotonic()
-    cluster = LocalCluster(binaries=ensure_built()).start()
+    cluster = LocalCluster(binaries=ensure_built(), pod_network=True).start()
     try:
         assert cluster.workdir is not None
         node_log = cluster.workdir / "node.log"
@@ -146,7 +146,8 @@ def build(args: argparse.Namespace) -> int:
 def node(args: argparse.Namespace) -> int:
     """Run a node stand-in for the cluster whose work dir is given, until SIGTERM."""
     cluster = LocalCluster.attach(args.workdir)
-    with NodeStandIn(cluster.endpoint(), workdir=args.workdir / "pods", name=NODE_NAME):
+    with NodeStandIn(cluster.endpoint(), workdir=args.workdir / "pods", name=NODE_NAME,
+                     network=cluster.network):  # fmt: skip
         _wait_for()
     return 0
 

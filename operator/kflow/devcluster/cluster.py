@@ -31,6 +31,7 @@ import httpx
 
 from kflow.devcluster.build import K8sBinaries, ensure_built
 from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
+from kflow.devcluster.network import PodNetwork, egress_config
 from kflow.devcluster.procs import spawn, stop_child, stop_pid, tail
 from kflow.localpg import Service, free_port
 
@@ -73,6 +74,7 @@ class LocalCluster(Service):
         users: Mapping[str, Sequence[str]] | None = None,
         controller_manager: bool = True,
         scheduler: bool = True,
+        pod_network: bool = False,
     ) -> None:
         self.binaries = binaries
         self.users = {
@@ -81,6 +83,10 @@ class LocalCluster(Service):
         }
         self.with_controller_manager = controller_manager
         self.with_scheduler = scheduler
+        self.with_pod_network = pod_network
+        self.network: PodNetwork | None = None
+        """With ``pod_network``: the egress proxy a `NodeStandIn` must serve, through which
+        the API server reaches Services (webhooks) and kubelets (`kflow.devcluster.network`)."""
         self.workdir: Path | None = None
         self.pids: dict[str, int] = {}
         self.markers: dict[str, str] = {}  # per helper process: what its command line names
@@ -206,6 +212,11 @@ class LocalCluster(Service):
 
     def _start_apiserver(self, d: Path, binaries: K8sBinaries) -> None:
         self.api_port = free_port()
+        extra = []
+        if self.with_pod_network:
+            self.network = PodNetwork.create(d / "network", free_port())
+            (d / "egress.yaml").write_text(egress_config(self.network))
+            extra.append(f"--egress-selector-config-file={d / 'egress.yaml'}")
         self._spawn("apiserver", [
             binaries.path("kube-apiserver"), f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
@@ -215,7 +226,7 @@ class LocalCluster(Service):
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24",
-            "--kubelet-preferred-address-types=InternalIP",
+            "--kubelet-preferred-address-types=InternalIP", *extra,
         ])  # fmt: skip
 
     def _wait_healthy(
@@ -259,6 +270,7 @@ class LocalCluster(Service):
             "signals": self.signals,
             "tokens": self.tokens,
             "version": self.binaries.version if self.binaries else None,
+            "network": self.network.to_json() if self.network else None,
         }
         path = self._dir / "state.json"
         path.touch(mode=0o600)
@@ -278,6 +290,8 @@ class LocalCluster(Service):
         cluster.cleanup = list(state.get("cleanup", []))
         cluster.signals = {k: int(v) for k, v in state.get("signals", {}).items()}
         cluster.users = dict.fromkeys(cluster.tokens, ())
+        if state.get("network"):
+            cluster.network = PodNetwork.from_json(state["network"])
         return cluster
 
     def add_process(

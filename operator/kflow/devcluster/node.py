@@ -29,12 +29,21 @@ official ``kubernetes`` client: it handles raw JSON as a kubelet does and must e
 at once on `stop()`. It runs in threads inside the calling process (the e2e fixtures) or as
 a process of its own (``python -m kflow.devcluster up`` starts one).
 
+- Secret and ConfigMap volumes: written under ``<pod dir>/volumes/<volume>/``, and the
+  container's env values and arguments that name a mount path are rewritten to that
+  directory (a process cannot have its own ``/var/run/...``);
+- with a `PodNetwork` (``LocalCluster(pod_network=True)``): the API server reaches
+  Services (a webhook's) through `kflow.devcluster.network.ServiceProxy`, which routes a
+  ClusterIP to the port a Running Pod behind it listens on.
+
 What it does NOT model: images (the command must be given; ``workingDir`` is used only if it
-exists here), volumes and volume mounts, networking (every Pod's IP is 127.0.0.1 and ports
-are the host's, no Services or DNS), probes (a running container is Ready), resource
-requests and limits (the node advertises fixed capacity), ``resourceFieldRef``, ephemeral
-and sidecar containers, security contexts, lifecycle hooks, token refresh (tokens last a
-day), node heartbeats and leases, eviction, and restarting Pods after the stand-in restarts.
+exists here), other volumes (emptyDir, projected, PVCs: nothing is mounted; a path outside
+a Secret or ConfigMap mount is the host's), networking between Pods (every Pod's IP is
+127.0.0.1 and ports are the host's, no DNS, no ClusterIP but the API server's), probes
+(a running container is Ready), resource requests and limits (the node advertises fixed
+capacity), ``resourceFieldRef``, ephemeral and sidecar containers, security contexts,
+lifecycle hooks, token refresh (tokens last a day), node heartbeats and leases, eviction,
+and restarting Pods after the stand-in restarts.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from pathlib import Path
 
 from kflow.devcluster.kubeconfig import ApiEndpoint
 from kflow.devcluster.logserver import LogServer
+from kflow.devcluster.network import PodNetwork, ServiceProxy
 from kflow.devcluster.podrun import PodRunner, now
 from kflow.devcluster.rest import ApiError, Obj, Rest
 from kflow.localpg import Service
@@ -73,6 +83,7 @@ class NodeStandIn(Service):
         workdir: Path,
         name: str = "kflow-node-stand-in",
         python_bin: Path | None = None,
+        network: PodNetwork | None = None,
     ) -> None:
         self.endpoint, self.workdir, self.name = endpoint, workdir, name
         self.python_bin = python_bin or Path(sys.executable).parent
@@ -82,10 +93,13 @@ class NodeStandIn(Service):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch_loop, name=f"node-{name}", daemon=True)
         self.logs = LogServer(self._log_source, certdir=workdir / ".kubelet", name=name)
+        self.proxy = ServiceProxy(self.rest, network) if network is not None else None
 
     def start(self) -> NodeStandIn:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.start()
+        if self.proxy is not None:
+            self.proxy.start()
         self._register()
         self._thread.start()
         return self
@@ -94,6 +108,8 @@ class NodeStandIn(Service):
         """Stop watching and kill every process this stand-in started."""
         self._stop.set()
         self.logs.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         self.rest.close()
         if self._thread.is_alive():
             self._thread.join(timeout=30)

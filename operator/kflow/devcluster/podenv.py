@@ -17,7 +17,14 @@ from typing import Any
 from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
 from kflow.devcluster.rest import ApiError, Obj, Rest
 
-__all__ = ["PodConfigError", "command_line", "container_env", "write_credentials"]
+__all__ = [
+    "PodConfigError",
+    "command_line",
+    "container_env",
+    "mount_volumes",
+    "translate",
+    "write_credentials",
+]
 
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _LABEL_REF = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
@@ -178,3 +185,41 @@ def write_credentials(rest: Rest, pod: Obj, *, pod_dir: Path, ca_file: Path) -> 
         path.write_text(content)
     endpoint = ApiEndpoint(server=rest.endpoint.server, ca_file=sa_dir / "ca.crt", token=token)
     return write_kubeconfig(pod_dir / "kubeconfig", endpoint, user=sa, namespace=namespace)
+
+
+def mount_volumes(rest: Rest, pod: Obj, *, container: Obj, pod_dir: Path) -> dict[str, Path]:
+    """Write the Secret and ConfigMap volumes `container` mounts under
+    ``<pod dir>/volumes/<volume>/`` (files only the Pod's user reads); return each
+    ``mountPath`` with its directory. A process cannot have its own ``/var/run/...``, so
+    `translate` rewrites the container's env and arguments that name a mount path."""
+    lookup = _Lookup(rest, pod["metadata"]["namespace"])
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"], {})
+        for kind, key, name_key in (("secrets", "secret", "secretName"),
+                                    ("configmaps", "configMap", "name")):  # fmt: skip
+            if key not in volume:
+                continue
+            source = volume[key]
+            data = lookup.data(kind, source[name_key], optional=bool(source.get("optional")))
+            folder = pod_dir / "volumes" / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            items = source.get("items") or [{"key": k, "path": k} for k in data or {}]
+            for item in items:
+                if data is None or item["key"] not in data:
+                    raise PodConfigError(f"{key} {source[name_key]!r} has no key {item['key']!r}")
+                path = folder / item["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch(mode=0o600)
+                path.write_text(data[item["key"]])
+            mounts[mount["mountPath"].rstrip("/")] = folder
+    return mounts
+
+
+def translate(text: str, mounts: dict[str, Path]) -> str:
+    """`text` with a leading mount path replaced by where the stand-in wrote that volume."""
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        if text == mount_path or text.startswith(mount_path + "/"):
+            return str(mounts[mount_path]) + text[len(mount_path) :]
+    return text

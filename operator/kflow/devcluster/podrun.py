@@ -23,7 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kflow.devcluster.podenv import PodConfigError, command_line, container_env, write_credentials
+from kflow.devcluster.podenv import (
+    PodConfigError,
+    command_line,
+    container_env,
+    mount_volumes,
+    translate,
+    write_credentials,
+)
 from kflow.devcluster.rest import ApiError, Obj, Rest
 
 __all__ = ["PodRunner"]
@@ -86,6 +93,7 @@ class PodRunner:
         self._grace = 30.0
         self._shutdown = threading.Event()
         self._env: dict[str, dict[str, str]] = {}
+        self._argv: dict[str, list[str]] = {}
         self.phase = "Pending"
         self.reason: str | None = None
         self.message = ""
@@ -209,7 +217,12 @@ class PodRunner:
                     base["KUBECONFIG"] = str(kubeconfig)
                 for c in [*self.init, *self.main]:
                     env = container_env(self.rest, self.pod, container=c.spec, base=base)
-                    command_line(c.spec, env)  # fail early on a missing command
+                    mounts = mount_volumes(
+                        self.rest, self.pod, container=c.spec, pod_dir=self.pod_dir
+                    )
+                    env = {k: translate(v, mounts) for k, v in env.items()}
+                    # Fails early on a missing command, as a kubelet's config step does.
+                    self._argv[c.name] = [translate(a, mounts) for a in command_line(c.spec, env)]
                     self._env[c.name] = env
                 return True
             except PodConfigError as e:
@@ -227,7 +240,7 @@ class PodRunner:
         with c.log.open("ab") as out:
             try:
                 c.proc = subprocess.Popen(
-                    command_line(c.spec, env), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                    self._argv[c.name], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             except OSError as e:  # as containerd reports an executable it cannot run
