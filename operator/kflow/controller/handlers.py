@@ -76,7 +76,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         controller: Controller = memo["controller"]
         # Asked again sooner at first (a compensation Pod is quick), then less often: a
         # run nothing can undo yet (no template, the database away) is not polled hot.
-        delay = min(2.0 * 1.5**retry, 30.0)
+        delay = min(2.0 * 1.5 ** min(retry, 10), 30.0)  # kopf counts retries without end
         try:
             done = await controller.delete(_ref(body))
         except TransientError as exc:

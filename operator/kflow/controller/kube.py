@@ -98,8 +98,8 @@ class KubeApi:
             ) as response:
                 text = await response.text()
                 status = response.status
-        except aiohttp.ClientError as exc:
-            raise ApiError(0, f"cannot reach the API server: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:  # the timeout counts a queued wait
+            raise ApiError(0, f"cannot reach the API server: {exc!r}") from exc
         if status >= 400:
             raise error_from(status, text)
         return json.loads(text)

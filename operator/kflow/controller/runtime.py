@@ -63,7 +63,9 @@ class Tracked:
 
 
 QUEUED_STATUS_AFTER = 5.0
-"""Seconds a run may wait for a free inline slot before its (Pending) status is written."""
+"""Seconds after adoption by which an inline run's first status is written even if it has
+recorded nothing yet (it waits for a free slot). A started run records a step within
+100 ms (`RUNNING_AFTER`), which brings its first status to one status interval."""
 
 
 class Controller:

@@ -107,7 +107,11 @@ class ServiceProxy:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(self.network.cert, self.network.key)
         server = _Server(("127.0.0.1", self.network.port), _handler_for(self))
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        # The handshake is each connection's own (in its thread, with a timeout): done in
+        # accept(), one silent client would stall every other.
+        server.socket = tls.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
         self._server = server
         threading.Thread(target=server.serve_forever, name="pod-network", daemon=True).start()
         return self
@@ -135,7 +139,8 @@ class ServiceProxy:
         pods = self.rest.get(f"/api/v1/namespaces/{meta['namespace']}/pods",
                              {"labelSelector": query})["items"]  # fmt: skip
         for pod in pods:
-            if pod.get("status", {}).get("phase") != "Running" or not selector:
+            running = pod.get("status", {}).get("phase") == "Running"
+            if not running or not selector or pod["metadata"].get("deletionTimestamp"):
                 continue
             if isinstance(target, int):
                 return target
@@ -150,6 +155,12 @@ def _handler_for(proxy: ServiceProxy) -> type[socketserver.BaseRequestHandler]:
     class Handler(socketserver.StreamRequestHandler):
         rbufsize = 0  # read no further than the request: the rest is the tunnel's
 
+        def setup(self) -> None:
+            self.request.settimeout(10)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+            super().setup()
+
         def handle(self) -> None:
             request = self.rfile.readline(65537).decode("latin-1").split()
             while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
@@ -160,7 +171,7 @@ def _handler_for(proxy: ServiceProxy) -> type[socketserver.BaseRequestHandler]:
             host, _, port = request[1].rpartition(":")
             try:
                 upstream = socket.create_connection(proxy.route(host.strip("[]"), int(port)), 10)
-            except (NoRoute, OSError, ValueError) as e:
+            except Exception as e:  # no route, a refused port, the API server's error
                 self.wfile.write(f"HTTP/1.1 503 Service Unavailable\r\n\r\n{e}".encode())
                 return
             with upstream:

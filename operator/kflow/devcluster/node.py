@@ -30,7 +30,7 @@ at once on `stop()`. It runs in threads inside the calling process (the e2e fixt
 a process of its own (``python -m kflow.devcluster up`` starts one).
 
 - Secret and ConfigMap volumes: written under ``<pod dir>/volumes/<volume>/``, and the
-  container's env values and arguments that name a mount path are rewritten to that
+  container's env values and arguments that start with a mount path are rewritten to that
   directory (a process cannot have its own ``/var/run/...``);
 - with a `PodNetwork` (``LocalCluster(pod_network=True)``): the API server reaches
   Services (a webhook's) through `kflow.devcluster.network.ServiceProxy`, which routes a

@@ -84,7 +84,12 @@ class _Lookup:
             else:
                 raw: dict[str, str] = obj.get("data") or {}
                 if kind == "secrets":
-                    raw = {k: base64.b64decode(v).decode() for k, v in raw.items()}
+                    try:
+                        raw = {k: base64.b64decode(v).decode() for k, v in raw.items()}
+                    except UnicodeDecodeError as e:
+                        raise PodConfigError(
+                            f"secret {name!r} holds binary data (not modelled by the stand-in)"
+                        ) from e
                 self._cache[kind, name] = raw
         found = self._cache[kind, name]
         if found is None and not optional:
@@ -191,12 +196,15 @@ def mount_volumes(rest: Rest, pod: Obj, *, container: Obj, pod_dir: Path) -> dic
     """Write the Secret and ConfigMap volumes `container` mounts under
     ``<pod dir>/volumes/<volume>/`` (files only the Pod's user reads); return each
     ``mountPath`` with its directory. A process cannot have its own ``/var/run/...``, so
-    `translate` rewrites the container's env and arguments that name a mount path."""
+    `translate` rewrites the container's env values and arguments that start with a mount
+    path. Not modelled: ``subPath``, ``binaryData``, a mount at ``/``."""
     lookup = _Lookup(rest, pod["metadata"]["namespace"])
     volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     mounts: dict[str, Path] = {}
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount["name"], {})
+        if mount["mountPath"].rstrip("/") == "":
+            raise PodConfigError("a volume mounted at / is not modelled by the node stand-in")
         for kind, key, name_key in (("secrets", "secret", "secretName"),
                                     ("configmaps", "configMap", "name")):  # fmt: skip
             if key not in volume:
@@ -205,15 +213,17 @@ def mount_volumes(rest: Rest, pod: Obj, *, container: Obj, pod_dir: Path) -> dic
             data = lookup.data(kind, source[name_key], optional=bool(source.get("optional")))
             folder = pod_dir / "volumes" / mount["name"]
             folder.mkdir(parents=True, exist_ok=True)
-            items = source.get("items") or [{"key": k, "path": k} for k in data or {}]
+            mounts[mount["mountPath"].rstrip("/")] = folder
+            if data is None:  # optional and missing: an empty directory, as a kubelet makes
+                continue
+            items = source.get("items") or [{"key": k, "path": k} for k in data]
             for item in items:
-                if data is None or item["key"] not in data:
+                if item["key"] not in data:
                     raise PodConfigError(f"{key} {source[name_key]!r} has no key {item['key']!r}")
                 path = folder / item["path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.touch(mode=0o600)
                 path.write_text(data[item["key"]])
-            mounts[mount["mountPath"].rstrip("/")] = folder
     return mounts
 
 
