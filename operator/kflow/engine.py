@@ -16,7 +16,6 @@ not outcomes: they propagate (`TransientError`) and leave the run as the databas
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -25,18 +24,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from kflow.clock import Clock, SystemClock
-from kflow.context import SegmentEnded, Services, Suspended, WorkflowContext
+from kflow.context import Services
 from kflow.env import EnvProvider, OsEnv
-from kflow.errors import (
-    InvalidInput,
-    KflowError,
-    TransientError,
-    UndeclaredNameError,
-    WorkflowTimeout,
-)
+from kflow.errors import KflowError, UndeclaredNameError
 from kflow.http import CircuitBreakers
 from kflow.leases import hold_lease
 from kflow.models import (
@@ -45,11 +36,11 @@ from kflow.models import (
     RunStatus,
     SegmentOutcome,
     StepState,
-    StepStatus,
     SuspendKind,
     SuspendReason,
 )
-from kflow.serde import decode, describe_validation_error, encode
+from kflow.segment import Segments, decode_input, segment_outcome
+from kflow.serde import encode
 from kflow.store import Database, SendResult, Store
 from kflow.workflow import Registry, WorkflowDefinition
 
@@ -106,6 +97,7 @@ class Engine:
             max_inline_backoff=max_inline_backoff,
             on_record=on_record,
         )
+        self._segments = Segments(store, registry, self.clock, self._services)
 
     async def close(self) -> None:
         await self._services.close()
@@ -152,7 +144,7 @@ class Engine:
         definition = self.registry.get(name, version) if version else self.registry.active(name)
         encoded = encode(input)
         if definition is not None:  # bind now: the run keeps this version and signature
-            self._decode_input(definition, encoded)
+            decode_input(definition, encoded)
             version = definition.version
             timeout = timeout or definition.timeout
         record, _ = await self.store.create_run(
@@ -177,7 +169,7 @@ class Engine:
             self.registry.get(workflow, version) if version else self.registry.active(workflow)
         )
         if definition is not None:
-            self._decode_input(definition, encode(input))
+            decode_input(definition, encode(input))
 
     async def get_run(self, run_id: uuid.UUID) -> RunRecord:
         return await self.store.get_run(run_id)
@@ -212,8 +204,8 @@ class Engine:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             if run.status == RunStatus.COMPENSATING:
-                return await self._compensate(run)
-            return await self._advance(run)
+                return await self._segments.compensate(run)
+            return await self._segments.advance(run)
 
     async def cancel(
         self, run_id: uuid.UUID, reason: str = "cancelled", *, compensate: bool = True
@@ -231,9 +223,9 @@ class Engine:
                     status=RunStatus.COMPENSATING, error=run.error, wake_at=None,
                     waiting_event=None,
                 )  # fmt: skip
-                return await self._compensate(run)
-            await self._finish(run, RunStatus.COMPENSATING, error=run.error)
-            return _outcome(run.run_id, RunStatus.COMPENSATING, ready_at=self.clock.now())
+                return await self._segments.compensate(run)
+            await self._segments.finish(run, RunStatus.COMPENSATING, error=run.error)
+            return segment_outcome(run.run_id, RunStatus.COMPENSATING, ready_at=self.clock.now())
 
     async def fail(self, run_id: uuid.UUID, error: str, *, blocked: bool = False) -> SegmentOutcome:
         """Mark an unfinished run Failed with ``error``: its executor gave up on it (e.g. its
@@ -246,13 +238,13 @@ class Engine:
                 return await self._unchanged(run)
             if run.status == RunStatus.COMPENSATING:
                 if blocked:  # it stays a cancel that waits for code to undo its steps
-                    await self._finish(run, run.status, error=run.error)
-                    return _outcome(run.run_id, run.status, error=f"{run.error}; {error}")
+                    await self._segments.finish(run, run.status, error=run.error)
+                    return segment_outcome(run.run_id, run.status, error=f"{run.error}; {error}")
                 error = f"{run.error}; {error}"  # still a cancel: retry undoes on
             status = RunStatus.BLOCKED_MISSING_HANDLER if blocked else RunStatus.FAILED
             done = None if blocked else self.clock.now()
-            await self._finish(run, status, error=error, completed_at=done)
-            return _outcome(run.run_id, status, error=error)
+            await self._segments.finish(run, status, error=error, completed_at=done)
+            return segment_outcome(run.run_id, status, error=error)
 
     async def outcome(self, run_id: uuid.UUID) -> SegmentOutcome:
         """The run as it stands, as the segment that left it so would have reported it (for
@@ -266,7 +258,7 @@ class Engine:
                 ready_at = self.clock.now()
         elif run.status != RunStatus.WAITING:
             ready_at = None
-        return _outcome(
+        return segment_outcome(
             run.run_id, run.status, ready_at=ready_at, waiting_event=run.waiting_event,
             output=run.output, error=run.error,
         )  # fmt: skip
@@ -278,8 +270,8 @@ class Engine:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             error = f"retired: {reason}"
-            await self._finish(run, RunStatus.RETIRED_UNRESUMABLE, error=error)
-            return _outcome(run.run_id, RunStatus.RETIRED_UNRESUMABLE, error=error)
+            await self._segments.finish(run, RunStatus.RETIRED_UNRESUMABLE, error=error)
+            return segment_outcome(run.run_id, RunStatus.RETIRED_UNRESUMABLE, error=error)
 
     async def retry(self, run_id: uuid.UUID) -> SegmentOutcome:
         """Make a Failed or Blocked run runnable again, keeping its completed steps: failed
@@ -299,21 +291,21 @@ class Engine:
                 # A cancel stopped this run: retrying finishes the undoing (failed
                 # compensations run again, or all of them if its executor never got to
                 # them); it never runs the handler forward again.
-                await self._finish(run, RunStatus.COMPENSATING, error=run.error)
-                return _outcome(run.run_id, RunStatus.COMPENSATING, ready_at=now)
+                await self._segments.finish(run, RunStatus.COMPENSATING, error=run.error)
+                return segment_outcome(run.run_id, RunStatus.COMPENSATING, ready_at=now)
             await self.store.forget_failures(run.run_id, run.lease_epoch)
             timeout = run.timeout_seconds
-            await self._finish(
+            await self._segments.finish(
                 run, RunStatus.WAITING, reason=SuspendReason(SuspendKind.RETRY, "retry", now),
                 error=None, completed_at=None,
                 deadline=now + timedelta(seconds=timeout) if timeout else None,
             )  # fmt: skip
-            return _outcome(run.run_id, RunStatus.WAITING, ready_at=now)
+            return segment_outcome(run.run_id, RunStatus.WAITING, ready_at=now)
 
     async def _unchanged(self, run: RunRecord) -> SegmentOutcome:
         """A finished run: give the lease back and report it as it is."""
-        await self._finish(run, run.status)
-        return _outcome(run.run_id, run.status, output=run.output, error=run.error)
+        await self._segments.finish(run, run.status)
+        return segment_outcome(run.run_id, run.status, output=run.output, error=run.error)
 
     def _lease(
         self, run_id: uuid.UUID, *, steal: bool, segment: bool = True
@@ -322,191 +314,3 @@ class Engine:
             self.store, run_id, owner=self.owner, clock=self.clock, ttl=self.lease_ttl,
             steal=steal, segment=segment,
         )  # fmt: skip
-
-    async def _finish(
-        self,
-        run: RunRecord,
-        status: RunStatus,
-        *,
-        reason: SuspendReason | None = None,
-        **fields: Any,
-    ) -> None:
-        await self.store.update_run(
-            run.run_id,
-            run.lease_epoch,
-            now=self.clock.now(),
-            release=True,
-            status=status,
-            wake_at=reason.wake_at if reason else None,
-            waiting_event=reason.event if reason else None,
-            suspend_kind=reason.kind if reason else None,
-            **fields,
-        )
-        if status.is_terminal:
-            self._services.closures.pop(run.run_id, None)
-
-    def _resolve(self, run: RunRecord) -> tuple[WorkflowDefinition | None, RunStatus, str]:
-        name, version = run.workflow_name, run.workflow_version
-        if not self.registry.has_workflow(name):
-            return None, RunStatus.BLOCKED_MISSING_HANDLER, f"no handler for workflow {name!r}"
-        definition = (
-            self.registry.active(name) if version is None else self.registry.get(name, version)
-        )
-        if definition is None:
-            return None, RunStatus.BLOCKED_MISSING_VERSION, f"workflow {name!r} has no v{version}"
-        if run.signature is not None and run.signature != definition.signature:
-            return (
-                None,
-                RunStatus.BLOCKED_SIGNATURE_MISMATCH,
-                f"run was bound to signature {run.signature[:12]} but the code of {name!r} "
-                f"v{definition.version} has {definition.signature[:12]}: its steps, events, "
-                "timeout or types changed without a new version",
-            )
-        return definition, RunStatus.RUNNING, ""
-
-    def _decode_input(self, definition: WorkflowDefinition, raw: Any) -> Any:
-        try:
-            return decode(raw, definition.input_type)
-        except ValidationError as exc:
-            raise InvalidInput(
-                f"input of workflow {definition.name!r} v{definition.version}: "
-                f"{describe_validation_error(exc)}"
-            ) from exc
-
-    async def _advance(self, run: RunRecord) -> SegmentOutcome:
-        definition, status, why = self._resolve(run)
-        if definition is None:
-            await self._finish(run, status, error=why)
-            return _outcome(run.run_id, status, error=why)
-        now = self.clock.now()
-        if run.signature is None:  # created before its code was known: bind it now
-            timeout = run.timeout_seconds or (
-                definition.timeout.total_seconds() if definition.timeout else None
-            )
-            run.workflow_version, run.signature = definition.version, definition.signature
-            run.timeout_seconds = timeout
-            run.deadline = run.deadline or (now + timedelta(seconds=timeout) if timeout else None)
-            await self.store.update_run(
-                run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING,
-                workflow_version=run.workflow_version, signature=run.signature,
-                timeout_s=timeout, deadline=run.deadline, error=None,
-            )  # fmt: skip
-        elif run.status != RunStatus.RUNNING:
-            await self.store.update_run(
-                run.run_id, run.lease_epoch, now=now, status=RunStatus.RUNNING, error=None
-            )
-        try:
-            arg = self._decode_input(definition, run.input)
-        except InvalidInput as exc:
-            await self._finish(run, RunStatus.FAILED, error=str(exc), completed_at=now)
-            return _outcome(run.run_id, RunStatus.FAILED, error=str(exc))
-        # Every record is written under a lease, so a run on its first lease has none.
-        history, saved = await self.store.load_history(run.run_id) if run.segments > 1 else ([], {})
-        ctx = WorkflowContext(
-            run=run, definition=definition, history=history, saved_state=saved,
-            services=self._services,
-        )  # fmt: skip
-        return await self._execute(run, definition, ctx, arg)
-
-    async def _execute(
-        self, run: RunRecord, definition: WorkflowDefinition, ctx: WorkflowContext, arg: Any
-    ) -> SegmentOutcome:
-        error: str | None = None
-        output: Any = None
-        remaining = (run.deadline - self.clock.now()).total_seconds() if run.deadline else None
-        try:
-            if remaining is not None and remaining <= 0:
-                raise WorkflowTimeout(f"run passed its deadline {run.deadline}")
-            async with asyncio.timeout(remaining):
-                args = (ctx, arg) if definition.takes_input else (ctx,)
-                result = await definition.handler(*args)
-            output = encode(result)
-        except (Suspended, SegmentEnded):
-            pass
-        except BaseExceptionGroup as group:  # a TaskGroup in the handler
-            error = _group_error(group)
-        except TransientError:
-            raise
-        except TimeoutError as exc:
-            expired = run.deadline is not None and self.clock.now() >= run.deadline
-            if expired or isinstance(exc, WorkflowTimeout):
-                exc = WorkflowTimeout(f"run passed its deadline {run.deadline}")
-            error = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            ctx.close()
-        if ctx.poisoned is not None:
-            raise ctx.poisoned
-        reason = ctx.take_suspend_reason()
-        now = self.clock.now()
-        if reason is not None:
-            if run.deadline is not None and (
-                reason.wake_at is None or reason.wake_at > run.deadline
-            ):
-                reason = SuspendReason(reason.kind, reason.key, run.deadline, reason.event)
-            await self._finish(run, RunStatus.WAITING, reason=reason)
-            ready_at = reason.wake_at
-            if reason.event and await self.store.has_pending_event(run.run_id, reason.event):
-                ready_at = now  # the event arrived while this segment was suspending
-            return _outcome(
-                run.run_id, RunStatus.WAITING, ready_at=ready_at, waiting_event=reason.event
-            )
-        if error is not None:
-            await self._finish(run, RunStatus.FAILED, error=error, completed_at=now)
-            return _outcome(run.run_id, RunStatus.FAILED, error=error)
-        await self._finish(run, RunStatus.COMPLETED, output=output, error=None, completed_at=now)
-        return _outcome(run.run_id, RunStatus.COMPLETED, output=output)
-
-    async def _compensate(self, run: RunRecord) -> SegmentOutcome:
-        definition = None
-        if run.workflow_version is not None:
-            definition = self.registry.get(run.workflow_name, run.workflow_version)
-        history, saved = await self.store.load_history(run.run_id)
-        ctx = WorkflowContext(
-            run=run, definition=definition, history=history, saved_state=saved,
-            services=self._services,
-        )  # fmt: skip
-        try:
-            results = await ctx.run_compensation()
-        finally:
-            ctx.close()
-        failed = [step for step, ok in results if not ok]
-        now = self.clock.now()
-        states = ctx.all_step_states()
-        error: str | None
-        if failed:
-            detail = "; ".join(f"{k}: {states[k].error}" for k in failed)
-            error = f"{run.error}; compensation failed for {', '.join(failed)} ({detail})"
-            status = RunStatus.FAILED
-        else:
-            # From the history, not this pass: an earlier pass may have done them all.
-            undone = any(s.status == StepStatus.COMPENSATED for s in states.values())
-            error = run.error
-            status = RunStatus.COMPENSATED if undone else RunStatus.CANCELLED_BY_OPERATOR
-        await self._finish(run, status, error=error, completed_at=now)
-        return _outcome(run.run_id, status, error=error)
-
-
-def _group_error(group: BaseExceptionGroup) -> str | None:
-    """What a TaskGroup's exceptions mean for the segment: None when its tasks only
-    suspended; a store failure propagates; otherwise the first error fails the run."""
-    _, errors = group.split((Suspended, SegmentEnded))
-    if errors is None:
-        return None
-    transient, _ = errors.split(TransientError)
-    if transient is not None:
-        raise _leaves(transient)[0]
-    first = _leaves(errors)[0]
-    return f"{type(first).__name__}: {first}"
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
-
-
-def _outcome(run_id: uuid.UUID, status: RunStatus, **kwargs: Any) -> SegmentOutcome:
-    return SegmentOutcome(run_id=run_id, status=status, **kwargs)

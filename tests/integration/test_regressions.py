@@ -137,15 +137,16 @@ async def test_compensation_arguments_that_no_longer_fit_fail_only_that_compensa
 async def test_a_cancel_that_crashed_after_undoing_everything_ends_compensated(make_env) -> None:
     async with make_env(bounded_pay, refund) as env:
         waiting = await env.execute(bounded_pay)
-        finish = env.engine._finish
+        store = env.engine.store
+        update_run = store.update_run
 
-        async def crash_once(run, status, **fields):  # type: ignore[no-untyped-def]
-            if status is RunStatus.COMPENSATED:
-                env.engine._finish = finish  # type: ignore[method-assign]
+        async def crash_once(*args, **fields):  # type: ignore[no-untyped-def]
+            if fields.get("status") is RunStatus.COMPENSATED:
+                store.update_run = update_run  # type: ignore[method-assign]
                 raise PersistenceError("the process died before recording the outcome")
-            return await finish(run, status, **fields)
+            return await update_run(*args, **fields)
 
-        env.engine._finish = crash_once  # type: ignore[method-assign]
+        store.update_run = crash_once  # type: ignore[method-assign]
         with pytest.raises(PersistenceError):
             await env.engine.cancel(waiting.run_id, "stop")
         again = await env.engine.run_segment(waiting.run_id)
