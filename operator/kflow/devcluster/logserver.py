@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -22,22 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from kflow.certs import self_signed
+
 __all__ = ["LogServer", "LogSource"]
 
 # (namespace, pod, container) -> (log file, is the container still running?), or None
 LogSource = Callable[[str, str, str], tuple[Path, Callable[[], bool]] | None]
-
-
-def _self_signed(certdir: Path, name: str) -> tuple[Path, Path]:
-    certdir.mkdir(parents=True, exist_ok=True)
-    cert, key = certdir / "kubelet.crt", certdir / "kubelet.key"
-    args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
-            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-            "-addext", "subjectAltName=IP:127.0.0.1"]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"openssl req failed: {result.stderr.strip()}")
-    return cert, key
 
 
 class LogServer:
@@ -56,7 +45,8 @@ class LogServer:
         return int(self._server.server_address[1])
 
     def start(self) -> LogServer:
-        cert, key = _self_signed(self.certdir, self.name)
+        cert, key = self.certdir / "kubelet.crt", self.certdir / "kubelet.key"
+        self_signed(cert, key, name=self.name)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))

@@ -23,12 +23,12 @@ import select
 import socket
 import socketserver
 import ssl
-import subprocess
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kflow.certs import self_signed
 from kflow.devcluster.rest import Obj, Rest
 
 __all__ = ["PodNetwork", "ServiceProxy", "egress_config"]
@@ -46,18 +46,10 @@ class PodNetwork:
 
     @classmethod
     def create(cls, folder: Path, port: int) -> PodNetwork:
-        folder.mkdir(parents=True, exist_ok=True)
         network = cls(port, folder / "proxy.crt", folder / "proxy.key",
                       folder / "client.crt", folder / "client.key")  # fmt: skip
-        pairs = [(network.cert, network.key, "kflow-pod-network"),
-                 (network.client_cert, network.client_key, "kube-apiserver")]  # fmt: skip
-        for cert, key, name in pairs:
-            args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
-                    "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-                    "-addext", "subjectAltName=IP:127.0.0.1"]  # fmt: skip
-            result = subprocess.run(args, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"openssl req failed: {result.stderr.strip()}")
+        self_signed(network.cert, network.key, name="kflow-pod-network")
+        self_signed(network.client_cert, network.client_key, name="kube-apiserver")
         return network
 
     def to_json(self) -> dict[str, Any]:
