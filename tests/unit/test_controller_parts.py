@@ -14,6 +14,7 @@ from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.status import build_status
 from kflow.controller.timers import TimerWheel
 from kflow.models import RunRecord, StepKind, SuspendKind
+from kflow.resources import EventDelivery
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -213,3 +214,41 @@ async def test_mirror_coalesces_touches_and_honours_deadlines() -> None:
     await asyncio.sleep(0.4)
     assert [phase for _, phase in fake.patched][-1] == "Running"
     assert 0.19 <= fake.patched[-1][0] - start < 0.4
+
+
+async def test_mirror_starts_from_the_live_status_and_keeps_little_of_finished_runs() -> None:
+    run_id = uuid.UUID(int=1)
+    fake = _Recorder()
+    mirror = _mirror(fake, interval=0.01)
+    fake.phase = RunStatus.WAITING
+    live = build_status(_run(status=RunStatus.WAITING), [], [], now=NOW, generation=None)
+
+    # Adopted after a restart: the live status is current, so nothing is written.
+    mirror.seed(run_id, live.model_dump(mode="json", by_alias=True, exclude_none=True))
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert fake.patched == []
+
+    # The run ends: conditions that did not change keep their time from the live status.
+    fake.phase = RunStatus.COMPLETED
+    written: list[dict[str, object]] = []
+    fake.patch_run_status = lambda ns, name, status: _keep(written, status)  # type: ignore[method-assign]
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    (status,) = written
+    times = {c["type"]: c["lastTransitionTime"] for c in status["conditions"]}  # type: ignore[index, union-attr]
+    assert times["Blocked"] == NOW.isoformat().replace("+00:00", "Z")
+    assert times["Ready"] != times["Blocked"]
+
+    # Finished and written: touching it again writes nothing; a refused event does.
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert len(written) == 1
+    mirror.rejected[run_id] = [EventDelivery(name="late", state="rejected", message="finished")]
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert len(written) == 2 and written[1]["events"][0]["name"] == "late"  # type: ignore[index]
+
+
+async def _keep(written: list[dict[str, object]], status: dict[str, object]) -> None:
+    written.append(status)

@@ -66,7 +66,10 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
             if FINALIZER not in (meta.get("finalizers") or []):
                 return  # not before the finalizer: deleting it must cancel the run first
             # Listed at start (type None): a previous operator may have died mid-run.
-            await controller.adopt(ref, dict(body.get("spec") or {}), resumed=event["type"] is None)
+            await controller.adopt(
+                ref, dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
+                resumed=event["type"] is None,
+            )  # fmt: skip
         ours = _ours(dict(meta.get("annotations") or {}))
         if ours and controller.adopted(ref):
             await controller.annotations(ref, ours)

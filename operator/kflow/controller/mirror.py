@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from kflow.clock import Clock
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.status import MAX_EVENTS, build_status
 from kflow.engine import Engine
 from kflow.errors import RunNotFound, TransientError
+from kflow.models import RunStatus
 from kflow.resources import EventDelivery, ExecutorView, WorkflowRunStatus
 
 __all__ = ["PERMANENT", "RunRef", "StatusMirror"]
@@ -110,8 +113,15 @@ class StatusMirror:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def last(self, run_id: uuid.UUID) -> WorkflowRunStatus | None:
-        return self._last.get(run_id)
+    def seed(self, run_id: uuid.UUID, live: dict[str, Any] | None) -> None:
+        """The status the WorkflowRun has now (from the watch, at adoption): the first
+        flush keeps its conditions' transition times and writes nothing if it is current
+        (after an operator restart, most are)."""
+        if run_id in self._last or not live:
+            return
+        # One another version wrote may not parse: then the first flush writes it whole.
+        with contextlib.suppress(ValidationError):
+            self._last[run_id] = _settled(WorkflowRunStatus.model_validate(live))
 
     async def _flush_loop(self, run_id: uuid.UUID, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -182,7 +192,7 @@ class StatusMirror:
         await self._report_rejections(run_id, events)
         status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
         status.executor = self._executor(run_id)
-        if status == self._last.get(run_id):
+        if _settled(status) == self._last.get(run_id):
             return
         # A merge patch deletes what is null at the top, but keeps nulls inside list items
         # (which the schema refuses): leave None out below the top level.
@@ -195,4 +205,15 @@ class StatusMirror:
                 return
             raise
         self.patches += 1
-        self._last[run_id] = status
+        self._last[run_id] = _settled(status)
+
+
+def _settled(status: WorkflowRunStatus) -> WorkflowRunStatus:
+    """What is kept of a status once written. A finished run's steps and output no longer
+    change, and an operator keeps every finished run it adopted until its WorkflowRun is
+    deleted: it keeps the rest (phase, conditions, events), not up to `max_steps` records."""
+    try:
+        finished = RunStatus(status.phase or "").is_terminal
+    except ValueError:  # no phase yet
+        finished = False
+    return status.model_copy(update={"steps": [], "output": None}) if finished else status

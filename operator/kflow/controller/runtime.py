@@ -238,10 +238,18 @@ class Controller:
 
     # -- WorkflowRun lifecycle -----------------------------------------------------
 
-    async def adopt(self, ref: RunRef, raw_spec: dict[str, Any], *, resumed: bool) -> None:
+    async def adopt(
+        self,
+        ref: RunRef,
+        raw_spec: dict[str, Any],
+        *,
+        status: dict[str, Any] | None = None,
+        resumed: bool,
+    ) -> None:
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
         run exists and is moving, or report why it cannot. ``resumed``: a previous
-        operator may have died mid-run. Failures of the store or the API server are
+        operator may have died mid-run; ``status`` is the object's (a previous operator
+        wrote it). Failures of the store or the API server are
         retried here, one attempt at a time, until it works (kopf retries no event
         handler); a deletion meanwhile cancels whatever the attempt started."""
         self._adopting[ref.uid] = None  # an attempt runs
@@ -253,7 +261,7 @@ class Controller:
                     ref, "InvalidSpec", f"invalid spec: {describe_validation_error(exc)}"
                 )
             else:
-                await self._adopt(ref, spec, resumed=resumed)
+                await self._adopt(ref, spec, status, resumed=resumed)
         except (TransientError, ApiError, OSError) as exc:
             if ref.uid in self._gone:
                 self._gone.discard(ref.uid)
@@ -262,7 +270,7 @@ class Controller:
             log.warning("cannot adopt %s/%s yet: %s", ref.namespace, ref.name, exc)
 
             def again() -> None:
-                self.background.spawn(self._adopt_again(ref, raw_spec, resumed=resumed))
+                self.background.spawn(self._adopt_again(ref, raw_spec, status, resumed=resumed))
 
             loop = asyncio.get_running_loop()
             self._adopting[ref.uid] = loop.call_later(RETRY_AFTER, again)
@@ -270,12 +278,18 @@ class Controller:
         self._adopting.pop(ref.uid, None)
         self._gone.discard(ref.uid)
 
-    async def _adopt_again(self, ref: RunRef, raw_spec: dict[str, Any], *, resumed: bool) -> None:
-        await self.adopt(ref, raw_spec, resumed=resumed)
+    async def _adopt_again(
+        self, ref: RunRef, raw_spec: dict[str, Any], status: dict[str, Any] | None, *,
+        resumed: bool,
+    ) -> None:  # fmt: skip
+        await self.adopt(ref, raw_spec, status=status, resumed=resumed)
         if self.adopted(ref):  # annotations set meanwhile waited for the run
             self._annotations.retry(ref)
 
-    async def _adopt(self, ref: RunRef, spec: WorkflowRunSpec, *, resumed: bool) -> None:
+    async def _adopt(
+        self, ref: RunRef, spec: WorkflowRunSpec, status: dict[str, Any] | None, *,
+        resumed: bool,
+    ) -> None:  # fmt: skip
         run_id = uuid.UUID(ref.uid)
         # Code that runs in Pods is not here: bind the run to what its Workflow declares.
         declared = None
@@ -297,6 +311,7 @@ class Controller:
             await self.engine.cancel(run_id, "the WorkflowRun was deleted")
             return
         self._track(ref, run)  # only now: a failed start is retried, not skipped
+        self.mirror.seed(run_id, status)
         queued = self._continue(run, steal=resumed) is self.inline
         # A run the inline executor starts soon shows with its first records or its end:
         # one status PATCH for a fast run, not one more for the queue.
