@@ -24,6 +24,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,8 @@ class ServiceProxy:
     def __init__(self, rest: Rest, network: PodNetwork) -> None:
         self.rest, self.network = rest, network
         self._server: _Server | None = None
+        self._tunnels: set[socket.socket] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> ServiceProxy:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -113,6 +116,20 @@ class ServiceProxy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:  # open tunnels end too (their threads see the sockets close)
+            for sock in self._tunnels:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def _tunnel(self, *socks: socket.socket) -> Iterator[None]:
+        with self._lock:
+            self._tunnels.update(socks)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._tunnels.difference_update(socks)
 
     def route(self, host: str, port: int) -> tuple[str, int]:
         """Where a connection to ``host:port`` goes (see the module's docstring)."""
@@ -166,7 +183,7 @@ def _handler_for(proxy: ServiceProxy) -> type[socketserver.BaseRequestHandler]:
             except Exception as e:  # no route, a refused port, the API server's error
                 self.wfile.write(f"HTTP/1.1 503 Service Unavailable\r\n\r\n{e}".encode())
                 return
-            with upstream:
+            with upstream, proxy._tunnel(self.request, upstream):
                 self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 self.wfile.flush()
                 _relay(self.request, upstream)
