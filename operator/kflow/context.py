@@ -10,15 +10,13 @@ continuing on state the database has not seen.
 Step keys: the first call of a step name is keyed by the name, later calls of the same
 name in one run by ``name#2``, ``name#3``... in call order; calls from tasks the handler
 starts are numbered per task (``name#t<path>-<n>``), so concurrent branches keep their
-keys whatever the interleaving (see `_next_key` and docs/concepts.md). Pass ``key=`` for
+keys whatever the interleaving (see `kflow.scopes` and docs/concepts.md). Pass ``key=`` for
 data-driven loops (``ctx.step("charge", f, key=item.id)``) so that keys do not depend on
 iteration order.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -28,12 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from kflow.clock import Clock
 from kflow.compensations import Closures, Compensations
 from kflow.env import EnvAccess, EnvProvider
-from kflow.errors import (
-    KflowError,
-    PersistenceError,
-    UndeclaredNameError,
-    WorkflowTimeout,
-)
+from kflow.errors import KflowError, PersistenceError, UndeclaredNameError, WorkflowTimeout
 from kflow.http import CircuitBreakers, HttpClient
 from kflow.kv import KvHandle
 from kflow.models import (
@@ -46,14 +39,12 @@ from kflow.models import (
     SuspendReason,
 )
 from kflow.retry import RetryPolicy
+from kflow.scopes import Scopes
 from kflow.serde import decode, encode
 from kflow.steps import MISSING, Steps
 from kflow.store import Database, Store
 from kflow.waits import Waits
-from kflow.workflow import (
-    Registry,
-    WorkflowDefinition,
-)
+from kflow.workflow import Registry, WorkflowDefinition
 
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
     import httpx
@@ -63,24 +54,6 @@ __all__ = ["SegmentEnded", "Services", "Suspended", "WorkflowContext"]
 T = TypeVar("T")
 E = TypeVar("E")
 _DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
-
-
-@dataclass(eq=False)
-class _Scope:
-    """Where a task's kflow calls are numbered: the handler's task, or a task it started."""
-
-    owner: object
-    task: asyncio.Task[Any] | None
-    path: str
-    parent: _Scope | None = None
-    children: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    suspended: bool = False
-    """This task, or one it started, suspended the segment."""
-
-
-_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("kflow_scope", default=None)
-"""The scope of the running task; tasks inherit their creator's at creation."""
 
 
 class Suspended(BaseException):
@@ -163,7 +136,7 @@ class WorkflowContext(EnvAccess):
         self._steps = {s.key: s for s in history}
         self._state = dict(saved_state)
         self._seq = max((s.seq or 0 for s in history), default=0)
-        self._root = _Scope(owner=self, task=asyncio.current_task(), path="")
+        self._scopes = Scopes()
         self._time = self.started_at
         self._suspend: SuspendReason | None = None
         self._poison: PersistenceError | None = None
@@ -214,7 +187,7 @@ class WorkflowContext(EnvAccess):
         past = self._deadline is not None and self._svc.clock.now() >= self._deadline
         if new_work and past:
             raise WorkflowTimeout(f"run {self.run_id} passed its deadline {self._deadline}")
-        if new_work and self._suspend is not None and self._scope_suspended():
+        if new_work and self._suspend is not None and self._scopes.suspended():
             # A suspension came back as a value (gather(..., return_exceptions=True)):
             # the handler must not go on, on results this segment does not have.
             raise Suspended(self._suspend)
@@ -238,53 +211,8 @@ class WorkflowContext(EnvAccess):
         return self._seq
 
     def _next_key(self, name: str, *, first_bare: bool = True) -> str:
-        """The key of the next call of ``name``, numbered within the calling task's scope.
-
-        In the handler's own task: ``name``, ``name#2``... (``name#1`` first when not
-        ``first_bare``). A task the handler (or one of its tasks) started gets, at its
-        first kflow call, the scope ``<parent>.<k>``: the k-th of its parent's tasks to
-        call kflow, its parent being the scope it inherited when it was created. Keys
-        there are ``name#t<scope>-<n>``. Sibling tasks started together (one ``gather``)
-        make their first call in start order, so keys do not depend on how a replay,
-        where completed steps return at once, interleaves the branches."""
-        scope = self._scope()
-        n = scope.counts.get(name, 0) + 1
-        scope.counts[name] = n
-        if scope.path:
-            return f"{name}#t{scope.path}-{n}"
-        return name if n == 1 and first_bare else f"{name}#{n}"
-
-    def _scope_suspended(self) -> bool:
-        """Whether the calling task's scope — or, before its first kflow call, the scope
-        it would get — has seen a suspension; without creating a scope, so that a refused
-        call numbers nothing (keys stay as a replay will make them)."""
-        scope, parent = self._find_scope()
-        return (scope or parent).suspended
-
-    def _scope(self) -> _Scope:
-        scope, parent = self._find_scope()
-        if scope is not None:
-            return scope
-        parent.children += 1
-        path = f"{parent.path}.{parent.children}" if parent.path else str(parent.children)
-        # A task started after a suspension it will wait for may not record anything.
-        scope = _Scope(owner=self, task=asyncio.current_task(), path=path, parent=parent,
-                       suspended=parent.suspended)  # fmt: skip
-        _SCOPE.set(scope)
-        return scope
-
-    def _find_scope(self) -> tuple[_Scope | None, _Scope]:
-        """The calling task's scope if it has one, else None and the scope a new one
-        would belong to (the one it inherited at creation, or the handler's)."""
-        task = asyncio.current_task()
-        inherited = _SCOPE.get()
-        if inherited is not None and inherited.owner is not self:
-            inherited = None  # left in this task's context by an earlier segment
-        if inherited is not None and inherited.task is task:
-            return inherited, inherited
-        if task is self._root.task:
-            return self._root, self._root
-        return None, inherited or self._root
+        """The key of the next call of ``name`` (see `kflow.scopes`)."""
+        return self._scopes.next_key(name, first_bare=first_bare)
 
     def _declared(self, kind: str, name: str) -> None:
         if self._definition is None:
@@ -300,10 +228,7 @@ class WorkflowContext(EnvAccess):
     def _suspending(self, reason: SuspendReason) -> Suspended:
         """Remember why the segment ends (for `take_suspend_reason`); raise the result."""
         self._suspend = reason
-        scope: _Scope | None = self._scope()
-        while scope is not None:  # the tasks that wait for this one, up to the handler
-            scope.suspended = True
-            scope = scope.parent
+        self._scopes.mark_suspended()
         return Suspended(reason)
 
     def take_suspend_reason(self) -> SuspendReason | None:
