@@ -66,6 +66,14 @@ class WorkflowRunSpec(_Model):
         ge=1,
         description="Deadline for the whole run, overriding the workflow's timeout.",
     )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        alias="ttlSecondsAfterFinished",
+        ge=0,
+        description="Delete this WorkflowRun this long after its run finished (Completed, "
+        "Failed, Compensated, ...); the operator's KFLOW_RUN_TTL when omitted. The run's "
+        "history stays in PostgreSQL.",
+    )
 
 
 class StepStatusView(_Model):

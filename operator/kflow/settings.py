@@ -106,6 +106,11 @@ class OperatorSettings(StoreSettings):
     pod_ttl: Duration = timedelta(hours=1)
     """Finished segment Pods (and their logs) are kept this long."""
 
+    run_ttl: Duration | None = None
+    """Finished WorkflowRuns are deleted this long after their run finished, unless their
+    ``spec.ttlSecondsAfterFinished`` says otherwise; kept when None (the default). The
+    run's history stays in PostgreSQL."""
+
     @model_validator(mode="after")
     def _pod_executor_configured(self) -> OperatorSettings:
         if self.default_executor == "pod" and not self.runner_dsn_secret:

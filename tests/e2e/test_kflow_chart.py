@@ -36,7 +36,12 @@ def test_the_chart_lints_and_refuses_misspelt_values(harness: Harness) -> None:
     [
         [],
         ["rbac.clusterWide=true", "webhook.enabled=true", "networkPolicy.enabled=true"],
-        ["postgresql.bundled=false", "postgresql.existingSecret=db", "metrics.enabled=false"],
+        [
+            "postgresql.bundled=false",
+            "postgresql.existingSecret=db",
+            "metrics.enabled=false",
+            "operator.runTtlSeconds=86400",
+        ],
         [f"rbac.watchNamespaces={{default,{'{ns}'}}}", "runner.serviceAccount.create=false"],
     ],
     ids=["defaults", "cluster-wide-webhook-netpol", "external-db", "two-namespaces"],
@@ -52,6 +57,15 @@ def test_the_rendered_chart_is_valid_for_the_api_server(
     applied = harness.run("kubectl", "apply", "--dry-run=server", "-f", path)
     kinds = {line.split("/")[0] for line in applied.stdout.splitlines()}
     assert {"deployment.apps", "customresourcedefinition.apiextensions.k8s.io"} <= kinds
+    envs = [
+        e
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "Deployment"
+        for c in doc["spec"]["template"]["spec"]["containers"]
+        for e in c.get("env", [])
+    ]
+    ttl = [e["value"] for e in envs if e["name"] == "KFLOW_RUN_TTL"]
+    assert ttl == (["86400"] if "operator.runTtlSeconds=86400" in values else [])
     for doc in yaml.safe_load_all(rendered):
         if doc and doc["kind"] in ("Deployment", "StatefulSet"):
             pod = doc["spec"]["template"]["spec"]

@@ -330,3 +330,37 @@ def test_nothing_runs_once_its_workflowrun_is_gone(
     done = [lines(log) for log in logs]
     time.sleep(2)
     assert [lines(log) for log in logs] == done
+
+
+def test_finished_runs_are_deleted_after_their_ttl(
+    harness: Harness, crds: None, namespace: str, pg_dsn: str, runs: Runs, tmp_path: Path
+) -> None:
+    def gone(name: str) -> bool:
+        listed = harness.run("kubectl", "get", "-n", namespace, "wfr", "-o", "name").stdout
+        return f"workflowrun.kflow.io/{name}\n" not in listed
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({
+        "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "bad"},
+        "spec": {"workflow": "steps", "ttlSecondsAfterFinished": -1},
+    }))  # fmt: skip
+    result = harness.run("kubectl", "apply", "-n", namespace, "-f", bad, check=False)
+    assert result.returncode != 0 and "spec.ttlSecondsAfterFinished" in result.stderr
+
+    op = Operator(harness, namespace, pg_dsn, tmp_path)
+    op.env["KFLOW_RUN_TTL"] = "3"  # the operator's default, for runs that give none
+    with op.running():
+        logs = {name: tmp_path / f"{name}.log" for name in ("at-once", "default", "kept")}
+        runs.apply("at-once", "steps", {"log": str(logs["at-once"]), "steps": 1},
+                   ttlSecondsAfterFinished=0)  # fmt: skip
+        runs.apply("default", "steps", {"log": str(logs["default"]), "steps": 1})
+        runs.apply("kept", "steps", {"log": str(logs["kept"]), "steps": 1},
+                   ttlSecondsAfterFinished=3600)  # fmt: skip
+        runs.wait_phase("default", "Completed")
+        finished = time.monotonic()
+        wait_for(lambda: gone("at-once"), timeout=30, what="the run with TTL 0 to be deleted")
+        assert not gone("default")  # its 3 s are not over yet
+        wait_for(lambda: gone("default"), timeout=30, what="the default TTL to delete the run")
+        assert time.monotonic() - finished >= 2.5
+        assert runs.wait_phase("kept", "Completed") and not gone("kept")
+        assert all(lines(log) == ["work-0"] for log in logs.values())  # each ran, once

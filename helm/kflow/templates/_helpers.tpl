@@ -79,7 +79,7 @@ capabilities:
 {{- define "kflow.rules" -}}
 - apiGroups: [kflow.io]
   resources: [workflowruns]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [kflow.io]
   resources: [workflowruns/status]
   verbs: [get, patch]

@@ -121,6 +121,19 @@ class KubeApi:
             "application/merge-patch+json",
         )
 
+    async def delete_run(self, namespace: str, name: str, *, uid: str) -> None:
+        """Delete the WorkflowRun if it is still the object ``uid`` (not one made again
+        under its name); one already gone is fine."""
+        try:
+            await self._send(
+                "DELETE", self._run_path(namespace, name),
+                {"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
+                "application/json",
+            )  # fmt: skip
+        except ApiError as exc:
+            if exc.status not in (404, 409):  # 409: the uid precondition failed
+                raise
+
     async def list_workflows(self, namespaces: list[str]) -> list[dict[str, Any]]:
         """`Workflow` objects in ``namespaces`` (all namespaces when empty)."""
         base = f"/apis/{GROUP}/{VERSION}"

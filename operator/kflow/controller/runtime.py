@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -60,6 +60,8 @@ class Tracked:
     """When an event that wakes the run was stored (monotonic; the latency metric)."""
     problem: str | None = None
     """The last segment Pod failure, shown on the status until a segment goes through."""
+    ttl: timedelta | None = None
+    """How long after the run finished its WorkflowRun is deleted (None: kept)."""
 
 
 QUEUED_STATUS_AFTER = 5.0
@@ -87,6 +89,8 @@ class Controller:
         """The runs adopted, until their WorkflowRun is deleted."""
         self.timers = TimerWheel(clock, fire=self._wake)
         self.timers.lateness = self.metrics.timer_lateness.observe
+        self.expiry = TimerWheel(clock, fire=self._expire)
+        """When finished runs' WorkflowRuns are deleted (their TTL)."""
         self.catalog = Catalog(settings.default_executor)
         self.inline = InlineExecutor(
             engine,
@@ -126,7 +130,7 @@ class Controller:
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
-        await self.timers.run()
+        await asyncio.gather(self.timers.run(), self.expiry.run())
 
     def _wake(self, run_id: uuid.UUID) -> None:
         self._submit(run_id)
@@ -312,6 +316,10 @@ class Controller:
             return
         self._track(ref, run)  # only now: a failed start is retried, not skipped
         self.mirror.seed(run_id, status)
+        ttl = spec.ttl_seconds_after_finished
+        self._runs[run_id].ttl = self._settings.run_ttl if ttl is None else timedelta(seconds=ttl)
+        if run.status.is_terminal:
+            self._expire_after(run_id, run.completed_at or self._clock.now())
         queued = self._continue(run, steal=resumed) is self.inline
         # A run the inline executor starts soon shows with its first records or its end:
         # one status PATCH for a fast run, not one more for the queue.
@@ -375,6 +383,7 @@ class Controller:
             )  # fmt: skip
             raise
         self.timers.cancel(run_id)
+        self.expiry.cancel(run_id)
         self.mirror.forget(run_id)
         self._annotations.forget(ref.uid)
         if ref.uid in self._adopting:
@@ -426,10 +435,31 @@ class Controller:
         if before == outcome.status:
             return
         self.metrics.phase_changed(before, outcome.status)
+        if outcome.status.is_terminal:
+            self._expire_after(run_id, self._clock.now())
         if outcome.status.is_terminal or outcome.status.is_blocked:
             kind = "Normal" if outcome.status in _NORMAL else "Warning"
             message = outcome.error or f"run {outcome.status.value}"
             await self._event(tracked.ref, kind, outcome.status.value, message)
+
+    def _expire_after(self, run_id: uuid.UUID, finished_at: datetime) -> None:
+        tracked = self._runs.get(run_id)
+        if tracked is not None and tracked.ttl is not None:
+            self.expiry.schedule(run_id, finished_at + tracked.ttl)
+
+    def _expire(self, run_id: uuid.UUID) -> None:
+        """A finished run's TTL passed: delete its WorkflowRun (the deletion goes through
+        the finalizer as any other; a run retried since is not finished any more)."""
+        tracked = self._runs.get(run_id)
+        if tracked is not None and tracked.phase.is_terminal:
+            self.background.spawn(self._delete_expired(run_id, tracked.ref))
+
+    async def _delete_expired(self, run_id: uuid.UUID, ref: RunRef) -> None:
+        try:
+            await self._kube.delete_run(ref.namespace, ref.name, uid=ref.uid)
+        except (ApiError, OSError) as exc:
+            log.warning("cannot delete expired %s/%s yet: %s", ref.namespace, ref.name, exc)
+            self.expiry.schedule(run_id, self._clock.now() + timedelta(seconds=RETRY_AFTER))
 
     async def _event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
         try:
