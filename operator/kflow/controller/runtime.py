@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kflow.clock import Clock
+from kflow.controller.adoption import Adoption
 from kflow.controller.annotate import RETRY_AFTER, Annotations
 from kflow.controller.catalog import Catalog
 from kflow.controller.executor import InlineExecutor
@@ -32,7 +33,6 @@ from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
 from kflow.errors import (
-    InvalidInput,
     RunNotFound,
     TransientError,
 )
@@ -120,13 +120,7 @@ class Controller:
         )
         self.background = Background("controller")
         self._annotations = Annotations(self)
-        self._refused: set[str] = set()
-        """WorkflowRuns refused for good (invalid spec or input): not tried again."""
-        self._adopting: dict[str, asyncio.TimerHandle | None] = {}
-        """WorkflowRuns being adopted (None: an attempt runs; a timer: the next attempt,
-        after a failure of the store or the API server)."""
-        self._gone: set[str] = set()
-        """WorkflowRuns deleted while an attempt to adopt them ran."""
+        self._adoption = Adoption(self)
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
@@ -251,70 +245,18 @@ class Controller:
         resumed: bool,
     ) -> None:
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
-        run exists and is moving, or report why it cannot. ``resumed``: a previous
-        operator may have died mid-run; ``status`` is the object's (a previous operator
-        wrote it). Failures of the store or the API server are
-        retried here, one attempt at a time, until it works (kopf retries no event
-        handler); a deletion meanwhile cancels whatever the attempt started."""
-        self._adopting[ref.uid] = None  # an attempt runs
-        try:
-            try:
-                spec = WorkflowRunSpec.model_validate(raw_spec)
-            except ValidationError as exc:
-                await self.refuse(
-                    ref, "InvalidSpec", f"invalid spec: {describe_validation_error(exc)}"
-                )
-            else:
-                await self._adopt(ref, spec, status, resumed=resumed)
-        except (TransientError, ApiError, OSError) as exc:
-            if ref.uid in self._gone:
-                self._gone.discard(ref.uid)
-                self._adopting.pop(ref.uid, None)
-                return
-            log.warning("cannot adopt %s/%s yet: %s", ref.namespace, ref.name, exc)
+        run exists and is moving, or report why it cannot (`kflow.controller.adoption`).
+        ``resumed``: a previous operator may have died mid-run; ``status`` is the
+        object's (a previous operator wrote it)."""
+        await self._adoption.adopt(ref, raw_spec, status=status, resumed=resumed)
 
-            def again() -> None:
-                self.background.spawn(self._adopt_again(ref, raw_spec, status, resumed=resumed))
-
-            loop = asyncio.get_running_loop()
-            self._adopting[ref.uid] = loop.call_later(RETRY_AFTER, again)
-            return
-        self._adopting.pop(ref.uid, None)
-        self._gone.discard(ref.uid)
-
-    async def _adopt_again(
-        self, ref: RunRef, raw_spec: dict[str, Any], status: dict[str, Any] | None, *,
-        resumed: bool,
+    def _begin(
+        self, ref: RunRef, run: RunRecord, spec: WorkflowRunSpec, status: dict[str, Any] | None,
+        *, resumed: bool,
     ) -> None:  # fmt: skip
-        await self.adopt(ref, raw_spec, status=status, resumed=resumed)
-        if self.adopted(ref):  # annotations set meanwhile waited for the run
-            self._annotations.retry(ref)
-
-    async def _adopt(
-        self, ref: RunRef, spec: WorkflowRunSpec, status: dict[str, Any] | None, *,
-        resumed: bool,
-    ) -> None:  # fmt: skip
-        run_id = uuid.UUID(ref.uid)
-        # Code that runs in Pods is not here: bind the run to what its Workflow declares.
-        declared = None
-        if self.catalog.placement(ref.namespace, spec.workflow, spec.version).executor == "pod":
-            declared = self.catalog.find(ref.namespace, spec.workflow, spec.version)
-        try:
-            run = await self.engine.start(
-                spec.workflow,
-                spec.input,
-                version=declared.version if declared else spec.version,
-                signature=declared.signature if declared else None,
-                run_id=run_id,
-                timeout=timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None,
-            )
-        except InvalidInput as exc:
-            await self.refuse(ref, "InvalidInput", str(exc))
-            return
-        if ref.uid in self._gone:  # deleted while this attempt ran: nothing may run it
-            await self.engine.cancel(run_id, "the WorkflowRun was deleted")
-            return
-        self._track(ref, run)  # only now: a failed start is retried, not skipped
+        """Track an adopted run and set it moving."""
+        run_id = run.run_id
+        self._track(ref, run)
         self.mirror.seed(run_id, status)
         ttl = spec.ttl_seconds_after_finished
         self._runs[run_id].ttl = self._settings.run_ttl if ttl is None else timedelta(seconds=ttl)
@@ -342,20 +284,6 @@ class Controller:
                 return None
             # An event may have come while no operator ran: look once now.
         return self._submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
-
-    async def refuse(self, ref: RunRef, reason: str, message: str) -> None:
-        """Report a WorkflowRun that cannot be run, instead of running it (once)."""
-        await self._kube.patch_run_status(
-            ref.namespace,
-            ref.name,
-            {
-                "phase": RunStatus.FAILED.value,
-                "error": message,
-                "observedGeneration": ref.generation,
-            },
-        )
-        self._refused.add(ref.uid)  # reported: later watch events of it change nothing
-        await self._event(ref, "Warning", reason, message)
 
     async def delete(self, ref: RunRef) -> bool:
         """The WorkflowRun is being deleted: cancel its run first if it is active. False
@@ -386,13 +314,7 @@ class Controller:
         self.expiry.cancel(run_id)
         self.mirror.forget(run_id)
         self._annotations.forget(ref.uid)
-        if ref.uid in self._adopting:
-            attempt = self._adopting.pop(ref.uid)
-            if attempt is None:  # running now: it cancels what it starts
-                self._gone.add(ref.uid)
-            else:
-                attempt.cancel()
-        self._refused.discard(ref.uid)
+        self._adoption.forget(ref.uid)
         self.pods.forget(run_id)
         tracked = self._runs.pop(run_id, None)
         if tracked is not None:
@@ -487,4 +409,4 @@ class Controller:
     def knows(self, ref: RunRef) -> bool:
         """Adopted, refused, or about to be adopted again: nothing to do on a new event."""
         uid = ref.uid
-        return uuid.UUID(uid) in self._runs or uid in self._refused or uid in self._adopting
+        return uuid.UUID(uid) in self._runs or self._adoption.pending(uid)
