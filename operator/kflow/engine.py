@@ -270,7 +270,9 @@ class Engine:
             if run.status.is_terminal:
                 return await self._unchanged(run)
             error = f"retired: {reason}"
-            await self._segments.finish(run, RunStatus.RETIRED_UNRESUMABLE, error=error)
+            await self._segments.finish(
+                run, RunStatus.RETIRED_UNRESUMABLE, error=error, completed_at=self.clock.now()
+            )
             return segment_outcome(run.run_id, RunStatus.RETIRED_UNRESUMABLE, error=error)
 
     async def retry(self, run_id: uuid.UUID) -> SegmentOutcome:

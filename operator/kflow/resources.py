@@ -70,6 +70,7 @@ class WorkflowRunSpec(_Model):
         default=None,
         alias="ttlSecondsAfterFinished",
         ge=0,
+        le=2**31 - 1,  # as a Job's (int32)
         description="Delete this WorkflowRun this long after its run finished (Completed, "
         "Failed, Compensated, ...); the operator's KFLOW_RUN_TTL when omitted. The run's "
         "history stays in PostgreSQL.",

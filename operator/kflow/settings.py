@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["OperatorSettings", "StoreSettings"]
@@ -110,6 +110,13 @@ class OperatorSettings(StoreSettings):
     """Finished WorkflowRuns are deleted this long after their run finished, unless their
     ``spec.ttlSecondsAfterFinished`` says otherwise; kept when None (the default). The
     run's history stays in PostgreSQL."""
+
+    @field_validator("run_ttl")
+    @classmethod
+    def _run_ttl_in_range(cls, ttl: timedelta | None) -> timedelta | None:
+        if ttl is not None and not timedelta(0) <= ttl <= timedelta(seconds=2**31 - 1):
+            raise ValueError("must be between 0 and 2147483647 seconds")
+        return ttl
 
     @model_validator(mode="after")
     def _pod_executor_configured(self) -> OperatorSettings:

@@ -181,7 +181,9 @@ async def test_retire_and_unknown_runs(make_env) -> None:
         await env.engine.run_segment(run.run_id)
         retired = await env.engine.retire(run.run_id, "v9 will never ship")
         assert retired.status is RunStatus.RETIRED_UNRESUMABLE
-        assert (await env.run(run.run_id)).error == "retired: v9 will never ship"
+        stored = await env.run(run.run_id)
+        assert stored.error == "retired: v9 will never ship"
+        assert stored.completed_at is not None  # its WorkflowRun's TTL counts from here
         with pytest.raises(RunNotFound):
             await env.engine.run_segment(uuid.uuid4())
 

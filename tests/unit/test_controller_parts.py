@@ -162,10 +162,11 @@ class _Recorder:
     def __init__(self) -> None:
         self.store = self
         self.phase = RunStatus.RUNNING
+        self.history: list[StepState] = []
         self.patched: list[tuple[float, str]] = []
 
     async def snapshot(self, run_id: uuid.UUID, *, last_steps: int) -> tuple[object, ...]:
-        return _run(run_id=run_id, status=self.phase), [], 0, []
+        return _run(run_id=run_id, status=self.phase), self.history, len(self.history), []
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, object]) -> None:
         self.patched.append((asyncio.get_running_loop().time(), str(status["phase"])))
@@ -252,3 +253,23 @@ async def test_mirror_starts_from_the_live_status_and_keeps_little_of_finished_r
 
 async def _keep(written: list[dict[str, object]], status: dict[str, object]) -> None:
     written.append(status)
+
+
+async def test_a_finished_run_ending_again_differently_is_written() -> None:
+    run_id = uuid.UUID(int=1)
+    fake = _Recorder()
+    mirror = _mirror(fake, interval=0.01)
+    fake.phase = RunStatus.FAILED
+    fake.history = [StepState(key="pay", name="pay", status=StepStatus.FAILED, attempts=1)]
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert len(fake.patched) == 1
+    # Retried, and Failed again in the same way but with other step records (the status in
+    # between never written): what is kept of a finished run still tells them apart.
+    fake.history = [StepState(key="pay", name="pay", status=StepStatus.FAILED, attempts=2)]
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert len(fake.patched) == 2
+    mirror.touch(run_id, urgent=True)  # nothing changed: nothing written
+    await asyncio.sleep(0.05)
+    assert len(fake.patched) == 2

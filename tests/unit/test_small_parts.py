@@ -161,6 +161,12 @@ def test_operator_settings_refuse_incomplete_setups(
     assert "hunter2" not in repr(settings) and settings.database_dsn().endswith("@db/kflow")
     monkeypatch.setenv("KFLOW_STATUS_INTERVAL", "0.25")
     assert OperatorSettings().status_interval == timedelta(milliseconds=250)
+    monkeypatch.setenv("KFLOW_RUN_TTL", "-5")
+    with pytest.raises(SettingsError, match="run_ttl"):
+        OperatorSettings()
+    monkeypatch.setenv("KFLOW_RUN_TTL", "86400")
+    assert OperatorSettings().run_ttl == timedelta(days=1)
+    monkeypatch.delenv("KFLOW_RUN_TTL")
     monkeypatch.setenv("KFLOW_DEFAULT_EXECUTOR", "pod")
     with pytest.raises(SettingsError, match="needs KFLOW_RUNNER_DSN_SECRET"):
         OperatorSettings()

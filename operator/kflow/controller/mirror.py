@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -80,7 +81,7 @@ class StatusMirror:
         self._flushers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.Event] = {}
         self._due: dict[uuid.UUID, float] = {}  # loop time by which the run's flush is due
-        self._last: dict[uuid.UUID, WorkflowRunStatus] = {}
+        self._last: dict[uuid.UUID, _Written] = {}
         self.rejected: dict[uuid.UUID, list[EventDelivery]] = {}
         """Annotations refused for a run, shown beside its delivered events."""
         self.patches = 0
@@ -121,7 +122,7 @@ class StatusMirror:
             return
         # One another version wrote may not parse: then the first flush writes it whole.
         with contextlib.suppress(ValidationError):
-            self._last[run_id] = _settled(WorkflowRunStatus.model_validate(live))
+            self._last[run_id] = _written(WorkflowRunStatus.model_validate(live))
 
     async def _flush_loop(self, run_id: uuid.UUID, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -185,14 +186,14 @@ class StatusMirror:
             total_steps=total,
             now=self._clock.now(),
             generation=ref.generation,
-            previous=self._last.get(run_id),
+            previous=written.status if (written := self._last.get(run_id)) else None,
             max_steps=self._max_steps,
             max_output_bytes=self._max_output,
         )
         await self._report_rejections(run_id, events)
         status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
         status.executor = self._executor(run_id)
-        if _settled(status) == self._last.get(run_id):
+        if _written(status) == self._last.get(run_id):
             return
         # A merge patch deletes what is null at the top, but keeps nulls inside list items
         # (which the schema refuses): leave None out below the top level.
@@ -205,15 +206,27 @@ class StatusMirror:
                 return
             raise
         self.patches += 1
-        self._last[run_id] = _settled(status)
+        self._last[run_id] = _written(status)
 
 
-def _settled(status: WorkflowRunStatus) -> WorkflowRunStatus:
-    """What is kept of a status once written. A finished run's steps and output no longer
-    change, and an operator keeps every finished run it adopted until its WorkflowRun is
-    deleted: it keeps the rest (phase, conditions, events), not up to `max_steps` records."""
+class _Written(NamedTuple):
+    """What is kept of a status once written (compared whole with the next one)."""
+
+    status: WorkflowRunStatus
+    digest: str = ""
+    """For a finished run: its steps and output, hashed."""
+
+
+def _written(status: WorkflowRunStatus) -> _Written:
+    """A finished run's steps and output no longer change (until a retry), and an operator
+    keeps every finished run it adopted until its WorkflowRun is deleted: of those it
+    keeps a digest, not up to `max_steps` records."""
     try:
         finished = RunStatus(status.phase or "").is_terminal
     except ValueError:  # no phase yet
         finished = False
-    return status.model_copy(update={"steps": [], "output": None}) if finished else status
+    if not finished:
+        return _Written(status)
+    bulk = status.model_dump_json(include={"steps", "output"})
+    slim = status.model_copy(update={"steps": [], "output": None})
+    return _Written(slim, hashlib.sha256(bulk.encode()).hexdigest())

@@ -27,7 +27,7 @@ from kflow.controller.catalog import Catalog
 from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
-from kflow.controller.mirror import RunRef, StatusMirror
+from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
 from kflow.controller.podexec import Placement, PodExecutor
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
@@ -124,7 +124,9 @@ class Controller:
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
-        await asyncio.gather(self.timers.run(), self.expiry.run())
+        async with asyncio.TaskGroup() as group:  # one failing stops both, and is reported
+            group.create_task(self.timers.run())
+            group.create_task(self.expiry.run())
 
     def _wake(self, run_id: uuid.UUID) -> None:
         self._submit(run_id)
@@ -379,7 +381,14 @@ class Controller:
     async def _delete_expired(self, run_id: uuid.UUID, ref: RunRef) -> None:
         try:
             await self._kube.delete_run(ref.namespace, ref.name, uid=ref.uid)
-        except (ApiError, OSError) as exc:
+        except ApiError as exc:
+            if exc.status in PERMANENT:  # e.g. no right to delete: asking again cannot help
+                log.error("cannot delete expired %s/%s: %s", ref.namespace, ref.name, exc)
+                await self._event(ref, "Warning", "ExpiryFailed", f"not deleted: {exc}")
+                return
+            log.warning("cannot delete expired %s/%s yet: %s", ref.namespace, ref.name, exc)
+            self.expiry.schedule(run_id, self._clock.now() + timedelta(seconds=RETRY_AFTER))
+        except OSError as exc:
             log.warning("cannot delete expired %s/%s yet: %s", ref.namespace, ref.name, exc)
             self.expiry.schedule(run_id, self._clock.now() + timedelta(seconds=RETRY_AFTER))
 
