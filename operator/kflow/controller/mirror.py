@@ -186,14 +186,15 @@ class StatusMirror:
             total_steps=total,
             now=self._clock.now(),
             generation=ref.generation,
-            previous=written.status if (written := self._last.get(run_id)) else None,
+            previous=before.status if (before := self._last.get(run_id)) else None,
             max_steps=self._max_steps,
             max_output_bytes=self._max_output,
         )
         await self._report_rejections(run_id, events)
         status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
         status.executor = self._executor(run_id)
-        if _written(status) == self._last.get(run_id):
+        written = _written(status)
+        if written == before:
             return
         # A merge patch deletes what is null at the top, but keeps nulls inside list items
         # (which the schema refuses): leave None out below the top level.
@@ -206,7 +207,7 @@ class StatusMirror:
                 return
             raise
         self.patches += 1
-        self._last[run_id] = _written(status)
+        self._last[run_id] = written
 
 
 class _Written(NamedTuple):
