@@ -62,14 +62,11 @@ class Annotations:
                     await self._reject(ref, item.key, item.value, item.name, item.reason)
                 else:
                     await self._act(ref, item)
-        except ApiError as exc:
-            if exc.status in PERMANENT:  # the same request would be refused again
+        except (ApiError, TransientError, OSError) as exc:
+            if isinstance(exc, ApiError) and exc.status in PERMANENT:  # refused again
                 log.error("annotations of %s/%s: %s", ref.namespace, ref.name, exc)
                 await c._event(ref, "Warning", "AnnotationFailed", str(exc))
                 return
-            log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
-            self.retry(ref)
-        except (TransientError, OSError) as exc:
             log.warning("annotations of %s/%s: %s; trying again", ref.namespace, ref.name, exc)
             self.retry(ref)
 

@@ -138,23 +138,18 @@ class StatusMirror:
                 self._due.pop(run_id, None)
                 try:
                     await self.flush(run_id)
-                except ApiError as exc:
-                    if exc.status in PERMANENT:  # retrying the same PATCH cannot help
+                except (ApiError, TransientError, OSError) as exc:
+                    if isinstance(exc, ApiError) and exc.status in PERMANENT:
                         log.error("status of run %s refused: %s", run_id, exc)
-                        continue
-                    await self._later(run_id, exc)
-                except (TransientError, OSError) as exc:
-                    await self._later(run_id, exc)
+                        continue  # retrying the same PATCH cannot help
+                    log.warning("status of run %s not mirrored yet: %s", run_id, exc)
+                    await asyncio.sleep(max(self._interval, 1.0))
+                    self._dirty.add(run_id)  # and due at once
         finally:
             if self._flushers.get(run_id) is asyncio.current_task():
                 del self._flushers[run_id]
                 self._wakeups.pop(run_id, None)
                 self._due.pop(run_id, None)
-
-    async def _later(self, run_id: uuid.UUID, exc: Exception) -> None:
-        log.warning("status of run %s not mirrored yet: %s", run_id, exc)
-        await asyncio.sleep(max(self._interval, 1.0))
-        self._dirty.add(run_id)  # and due at once
 
     async def _report_rejections(self, run_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
         """Events a wait set aside (their payload did not fit its type) are reported once,

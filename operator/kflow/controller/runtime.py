@@ -381,14 +381,12 @@ class Controller:
     async def _delete_expired(self, run_id: uuid.UUID, ref: RunRef) -> None:
         try:
             await self._kube.delete_run(ref.namespace, ref.name, uid=ref.uid)
-        except ApiError as exc:
-            if exc.status in PERMANENT:  # e.g. no right to delete: asking again cannot help
+        except (ApiError, OSError) as exc:
+            # Refused for good (e.g. no right to delete): asking again cannot help.
+            if isinstance(exc, ApiError) and exc.status in PERMANENT:
                 log.error("cannot delete expired %s/%s: %s", ref.namespace, ref.name, exc)
                 await self._event(ref, "Warning", "ExpiryFailed", f"not deleted: {exc}")
                 return
-            log.warning("cannot delete expired %s/%s yet: %s", ref.namespace, ref.name, exc)
-            self.expiry.schedule(run_id, self._clock.now() + timedelta(seconds=RETRY_AFTER))
-        except OSError as exc:
             log.warning("cannot delete expired %s/%s yet: %s", ref.namespace, ref.name, exc)
             self.expiry.schedule(run_id, self._clock.now() + timedelta(seconds=RETRY_AFTER))
 
