@@ -52,13 +52,19 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 def check_name(kind: str, name: str) -> str:
-    event = kind == "event"
-    if not isinstance(name, str) or not (EVENT_NAME_RE if event else NAME_RE).match(name):
-        limits = "starting and ending with a letter or digit, at most 63 characters (it is"
-        limits += " an annotation key's name)" if event else ""
+    if kind == "event":
+        pattern, limits = (
+            EVENT_NAME_RE,
+            (
+                "starting and ending with a letter or digit, at most 63 characters "
+                "(it is an annotation key's name)"
+            ),
+        )
+    else:
+        pattern, limits = NAME_RE, "starting with a letter or digit, at most 128 characters"
+    if not isinstance(name, str) or not pattern.match(name):
         raise DefinitionError(
-            f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', "
-            + (limits if event else "starting with a letter or digit, at most 128 characters")
+            f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', {limits}"
         )
     return name
 
