@@ -141,6 +141,39 @@ class Throughput:
     requests: dict[str, float] | None = None  # requests served per object, by verb+resource
 
 
+@dataclass
+class Meter:
+    """What a scenario costs, from `start` on: wall time, CPU by process (``roots`` and
+    their children) and of this client, and the requests the API server served."""
+
+    b: Bench
+    roots: dict[str, int]
+    served: dict[str, float]
+    client: float
+    cpu: dict[str, float]
+    began: float
+    elapsed: float = 0.0
+
+    @classmethod
+    async def start(cls, b: Bench, roots: dict[str, int]) -> Meter:
+        served = await b.api.requests_served()
+        return cls(b, roots, served, time.process_time(), cpu_seconds(roots), time.perf_counter())
+
+    def stop(self, m: int) -> dict[str, float]:
+        """Record the wall time; CPU ms per object by process, and the client's."""
+        self.elapsed = time.perf_counter() - self.began
+        now = cpu_seconds(self.roots)
+        cpu = {name: (now[name] - before) / m * 1000 for name, before in self.cpu.items()}
+        cpu["client"] = (time.process_time() - self.client) / m * 1000
+        return cpu
+
+    async def requests(self, m: int) -> dict[str, float]:
+        """Requests served per object since `start`, by verb and resource (>= 0.05)."""
+        after = await self.b.api.requests_served()
+        per_object = {k: (n - self.served.get(k, 0.0)) / m for k, n in after.items()}
+        return {k: n for k, n in per_object.items() if n >= 0.05}
+
+
 async def raw_writes(b: Bench, m: int) -> Throughput:
     ns = b.namespace("raw")
     await b.api.create_namespace(ns)
@@ -149,14 +182,11 @@ async def raw_writes(b: Bench, m: int) -> Throughput:
         await b.api.create_run(ns, f"r{i}", "bench-three", {})
         await b.api.merge_patch(ns, f"r{i}", {"status": {"phase": "Done"}}, status=True)
 
-    servers, client0 = b.servers(), time.process_time()
-    cpu0, start = cpu_seconds(servers), time.perf_counter()
+    meter = await Meter.start(b, b.servers())
     await asyncio.gather(*(one(i) for i in range(m)))
-    elapsed = time.perf_counter() - start
-    cpu = _per_object(cpu0, cpu_seconds(servers), m)
-    cpu["client"] = (time.process_time() - client0) / m * 1000
+    cpu = meter.stop(m)
     await b.api.delete_all(ns)
-    return Throughput(m / elapsed, cpu, writes=2.0)
+    return Throughput(m / meter.elapsed, cpu, writes=2.0)
 
 
 async def shaped_writes(b: Bench, m: int, status: Obj) -> Throughput:
@@ -177,23 +207,14 @@ async def shaped_writes(b: Bench, m: int, status: Obj) -> Throughput:
                                 status=True)  # fmt: skip
         await b.api.post_event(ns, f"r{i}", meta["uid"], "Completed", "run Completed")
 
-    servers, client0 = b.servers(), time.process_time()
-    cpu0, start = cpu_seconds(servers), time.perf_counter()
-    served0 = await b.api.requests_served()
+    meter = await Meter.start(b, b.servers())
     await asyncio.gather(*(one(i) for i in range(m)))
-    elapsed = time.perf_counter() - start
-    cpu = _per_object(cpu0, cpu_seconds(servers), m)
-    cpu["client"] = (time.process_time() - client0) / m * 1000
-    requests = _served_since(served0, await b.api.requests_served(), m)
+    cpu = meter.stop(m)
+    requests = await meter.requests(m)
     for watch in watches:
         await watch.stop()
     await b.api.delete_all(ns)
-    return Throughput(m / elapsed, cpu, writes=4.0, requests=requests)
-
-
-def _served_since(before: dict[str, float], after: dict[str, float], m: int) -> dict[str, float]:
-    per_object = {k: (n - before.get(k, 0.0)) / m for k, n in after.items()}
-    return {k: n for k, n in per_object.items() if n >= 0.05}
+    return Throughput(m / meter.elapsed, cpu, writes=4.0, requests=requests)
 
 
 @contextlib.asynccontextmanager
@@ -222,26 +243,18 @@ async def operator_run(b: Bench, kind: str, m: int, *, profile: Path | None = No
         return b.kopf(ns) if kind == "kopf" else b.kflow(ns, profile=profile)
 
     async with _scenario(b, kind, operator) as (ns, proc, watch):
-        roots, client0 = {**b.servers(), "operator": proc.pid}, time.process_time()
-        served0 = await b.api.requests_served()
-        cpu0, start = cpu_seconds(roots), time.perf_counter()
+        meter = await Meter.start(b, {**b.servers(), "operator": proc.pid})
         await asyncio.gather(*(b.api.create_run(ns, f"r{i}", "bench-three", {}) for i in range(m)))
         await watch.until(done, m, timeout=60 + m / 5)
-        elapsed = time.perf_counter() - start
-        cpu = _per_object(cpu0, cpu_seconds(roots), m)
-        cpu["client"] = (time.process_time() - client0) / m * 1000
+        cpu = meter.stop(m)
         await asyncio.sleep(1.0)  # writes that follow the last phase change count too
         writes = watch.writes / m
-        requests = _served_since(served0, await b.api.requests_served(), m)
+        requests = await meter.requests(m)
         if watch.reconnects:
             print(f"  ({ns}: the watch was reconnected {watch.reconnects} time(s))")
         if kind == "kflow":
             b.status_sample = (await b.api.list_runs(ns))["items"][0]["status"]
-    return Throughput(m / elapsed, cpu, writes, requests)
-
-
-def _per_object(before: dict[str, float], after: dict[str, float], m: int) -> dict[str, float]:
-    return {name: (after[name] - before[name]) / m * 1000 for name in before}
+    return Throughput(m / meter.elapsed, cpu, writes, requests)
 
 
 # -- latency ---------------------------------------------------------------------------
