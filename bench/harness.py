@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from kflow.controller.kube import event_body
 from kflow.devcluster import ApiEndpoint
 
 __all__ = ["Api", "PhaseWatch", "Process", "cpu_seconds"]
@@ -88,18 +89,9 @@ class Api:
         return await self.merge_patch(ns, name, {"metadata": {"annotations": {key: value}}})
 
     async def post_event(self, ns: str, name: str, uid: str, reason: str, message: str) -> Obj:
-        """A Kubernetes Event on a WorkflowRun, as kflow's operator posts one."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        body = {
-            "metadata": {"generateName": f"{name}."},
-            "involvedObject": {
-                "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowRun",
-                "name": name, "namespace": ns, "uid": uid,
-            },
-            "type": "Normal", "reason": reason, "message": message,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": "kflow-bench"},
-        }  # fmt: skip
+        """A Kubernetes Event on a WorkflowRun, the body kflow's operator posts."""
+        body = event_body(namespace=ns, name=name, uid=uid, type="Normal", reason=reason,
+                          message=message)  # fmt: skip
         return await self.request("POST", f"/api/v1/namespaces/{ns}/events", body)
 
     async def list_runs(self, ns: str) -> Obj:

@@ -26,7 +26,7 @@ from kubernetes import config as k8s_config
 from kflow.apierrors import ApiError, error_from
 from kflow.resources import GROUP, VERSION
 
-__all__ = ["ApiError", "KubeApi"]
+__all__ = ["ApiError", "KubeApi", "event_body"]
 
 CONNECTIONS = 16
 """Kept-alive connections to the API server. A burst of status writes (hundreds of runs
@@ -197,26 +197,30 @@ class KubeApi:
         message: str,
     ) -> None:
         """Record a Kubernetes Event on a WorkflowRun (``kubectl describe`` shows it)."""
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        await self._send(
-            "POST",
-            f"/api/v1/namespaces/{namespace}/events",
-            {
-                "metadata": {"generateName": f"{name}."},
-                "involvedObject": {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "WorkflowRun",
-                    "name": name,
-                    "namespace": namespace,
-                    "uid": uid,
-                },
-                "type": type,
-                "reason": reason,
-                "message": message[:1024],
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "count": 1,
-                "source": {"component": "kflow-operator"},
-            },
-            "application/json",
-        )
+        body = event_body(namespace=namespace, name=name, uid=uid, type=type, reason=reason,
+                          message=message)  # fmt: skip
+        await self._send("POST", f"/api/v1/namespaces/{namespace}/events", body, "application/json")
+
+
+def event_body(
+    *, namespace: str, name: str, uid: str, type: str, reason: str, message: str
+) -> dict[str, Any]:
+    """The Kubernetes Event the operator posts on a WorkflowRun."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {
+        "metadata": {"generateName": f"{name}."},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WorkflowRun",
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+        },
+        "type": type,
+        "reason": reason,
+        "message": message[:1024],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": "kflow-operator"},
+    }
