@@ -144,12 +144,15 @@ class ServiceProxy:
 
     def _pod_port(self, service: Obj, target: int | str) -> int:
         meta, selector = service["metadata"], service["spec"].get("selector") or {}
+        where = f"{meta['namespace']}/{meta['name']}:{target}"
+        if not selector:  # endpoints managed by hand: not modelled
+            raise NoRoute(f"no Running pod serves {where} (the service selects none)")
         query = ",".join(f"{k}={v}" for k, v in selector.items())
         pods = self.rest.get(f"/api/v1/namespaces/{meta['namespace']}/pods",
                              {"labelSelector": query})["items"]  # fmt: skip
         for pod in pods:
             running = pod.get("status", {}).get("phase") == "Running"
-            if not running or not selector or pod["metadata"].get("deletionTimestamp"):
+            if not running or pod["metadata"].get("deletionTimestamp"):
                 continue
             if isinstance(target, int):
                 return target
@@ -157,7 +160,7 @@ class ServiceProxy:
                 for p in container.get("ports", []):
                     if p.get("name") == target:
                         return int(p["containerPort"])
-        raise NoRoute(f"no Running pod serves {meta['namespace']}/{meta['name']}:{target}")
+        raise NoRoute(f"no Running pod serves {where}")
 
 
 def _handler_for(proxy: ServiceProxy) -> type[socketserver.BaseRequestHandler]:
