@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kflow import RunStatus, StepState, StepStatus, VirtualClock
 from kflow.clock import SystemClock
@@ -164,12 +165,14 @@ class _Recorder:
         self.phase = RunStatus.RUNNING
         self.history: list[StepState] = []
         self.patched: list[tuple[float, str]] = []
+        self.bodies: list[dict[str, Any]] = []
 
     async def snapshot(self, run_id: uuid.UUID, *, last_steps: int) -> tuple[object, ...]:
         return _run(run_id=run_id, status=self.phase), self.history, len(self.history), []
 
-    async def patch_run_status(self, namespace: str, name: str, status: dict[str, object]) -> None:
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patched.append((asyncio.get_running_loop().time(), str(status["phase"])))
+        self.bodies.append(status)
 
 
 def _mirror(fake: _Recorder, interval: float) -> StatusMirror:
@@ -232,27 +235,21 @@ async def test_mirror_starts_from_the_live_status_and_keeps_little_of_finished_r
 
     # The run ends: conditions that did not change keep their time from the live status.
     fake.phase = RunStatus.COMPLETED
-    written: list[dict[str, object]] = []
-    fake.patch_run_status = lambda ns, name, status: _keep(written, status)  # type: ignore[method-assign]
     mirror.touch(run_id, urgent=True)
     await asyncio.sleep(0.05)
-    (status,) = written
-    times = {c["type"]: c["lastTransitionTime"] for c in status["conditions"]}  # type: ignore[index, union-attr]
+    (status,) = fake.bodies
+    times = {c["type"]: c["lastTransitionTime"] for c in status["conditions"]}
     assert times["Blocked"] == NOW.isoformat().replace("+00:00", "Z")
     assert times["Ready"] != times["Blocked"]
 
     # Finished and written: touching it again writes nothing; a refused event does.
     mirror.touch(run_id, urgent=True)
     await asyncio.sleep(0.05)
-    assert len(written) == 1
+    assert len(fake.bodies) == 1
     mirror.rejected[run_id] = [EventDelivery(name="late", state="rejected", message="finished")]
     mirror.touch(run_id, urgent=True)
     await asyncio.sleep(0.05)
-    assert len(written) == 2 and written[1]["events"][0]["name"] == "late"  # type: ignore[index]
-
-
-async def _keep(written: list[dict[str, object]], status: dict[str, object]) -> None:
-    written.append(status)
+    assert len(fake.bodies) == 2 and fake.bodies[1]["events"][0]["name"] == "late"
 
 
 async def test_a_finished_run_ending_again_differently_is_written() -> None:
