@@ -258,10 +258,9 @@ class Controller:
     ) -> None:  # fmt: skip
         """Track an adopted run and set it moving."""
         run_id = run.run_id
-        self._track(ref, run)
-        self.mirror.seed(run_id, status)
         ttl = spec.ttl_seconds_after_finished
-        self._runs[run_id].ttl = self._settings.run_ttl if ttl is None else timedelta(seconds=ttl)
+        self._track(ref, run, ttl=self._settings.run_ttl if ttl is None else timedelta(seconds=ttl))
+        self.mirror.seed(run_id, status)
         if run.status.is_terminal:
             self._expire_after(run_id, run.completed_at or self._clock.now())
         queued = self._continue(run, steal=resumed) is self.inline
@@ -269,9 +268,11 @@ class Controller:
         # one status PATCH for a fast run, not one more for the queue.
         self.mirror.touch(run_id, within=QUEUED_STATUS_AFTER if queued else None)
 
-    def _track(self, ref: RunRef, run: RunRecord) -> None:
+    def _track(self, ref: RunRef, run: RunRecord, *, ttl: timedelta | None = None) -> None:
         before = self._runs.get(run.run_id)
-        self._runs[run.run_id] = Tracked(ref, run.workflow_name, run.workflow_version, run.status)
+        self._runs[run.run_id] = Tracked(
+            ref, run.workflow_name, run.workflow_version, run.status, ttl=ttl
+        )
         if before is None or before.phase != run.status:
             self.metrics.phase_changed(before.phase if before else None, run.status)
 
