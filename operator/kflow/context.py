@@ -86,7 +86,7 @@ class Services:
     """Record a step as running once it has run this long (live status for slow steps,
     no extra write for fast ones); `persist_step_start` records every start up front."""
     max_inline_backoff: timedelta = timedelta(seconds=30)
-    on_record: Callable[[uuid.UUID, StepState], None] | None = None
+    listeners: list[Callable[[uuid.UUID, StepState], None]] = field(default_factory=list)
     """Told of every record a segment writes (the operator mirrors them into status)."""
     _own_http: httpx.AsyncClient | None = None
 
@@ -203,8 +203,8 @@ class WorkflowContext(EnvAccess):
 
     def _recorded(self, step: StepState) -> None:
         self._steps[step.key] = step
-        if self._svc.on_record is not None:
-            self._svc.on_record(self.run_id, step)
+        for listener in self._svc.listeners:
+            listener(self.run_id, step)
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -47,7 +47,11 @@ from kflow.workflow import Registry, WorkflowDefinition
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
     import httpx
 
-__all__ = ["Engine"]
+__all__ = ["CANCELLED", "RUNNING_AFTER", "Engine"]
+
+RUNNING_AFTER = timedelta(milliseconds=100)
+"""What the operator and runners pass as ``record_running_after``: a step running longer
+shows as running in the status (one more write); a faster one costs no write for it."""
 
 CANCELLED = "cancelled: "
 """How a cancelled run's error starts (and how retry tells a cancel from a failure)."""
@@ -58,7 +62,8 @@ class Engine:
 
     ``owner`` names this executor in leases (default: host and pid). ``lease_ttl`` is how
     long a crashed executor keeps a run locked; live segments renew it every third of it.
-    ``on_record(run_id, record)`` is called after each step, sleep or wait record is stored.
+    ``on_record(run_id, record)`` is called after each step, sleep or wait record is stored
+    (as are the listeners `subscribe` adds).
     ``record_running_after`` records a step as running once it has run that long (the
     operator uses it for live status); ``persist_step_start`` records every start.
     """
@@ -95,9 +100,15 @@ class Engine:
             persist_step_start=persist_step_start,
             record_running_after=record_running_after,
             max_inline_backoff=max_inline_backoff,
-            on_record=on_record,
+            listeners=[on_record] if on_record is not None else [],
         )
         self._segments = Segments(store, registry, self.clock, self._services)
+
+    def subscribe(self, listener: Callable[[uuid.UUID, StepState], None]) -> None:
+        """Call ``listener(run_id, record)`` after each record a segment stores, from then
+        on (the operator mirrors them into status; a runner announces them). It must not
+        block: it runs in the segment, between a write and the handler going on."""
+        self._services.listeners.append(listener)
 
     async def close(self) -> None:
         await self._services.close()

@@ -22,12 +22,10 @@ import asyncio
 import json
 import sys
 import uuid
-from datetime import timedelta
 from typing import TextIO
 
-from kflow.engine import Engine
+from kflow.engine import RUNNING_AFTER, Engine
 from kflow.errors import LeaseHeld, RunNotFound, TransientError
-from kflow.models import StepState
 from kflow.settings import StoreSettings
 from kflow.store import Store
 from kflow.store.progress import Progressor
@@ -36,9 +34,6 @@ from kflow.workflow import Registry
 __all__ = ["EXIT_LEASE_HELD", "EXIT_NO_RUN", "EXIT_STORE", "run_once"]
 
 EXIT_LEASE_HELD, EXIT_STORE, EXIT_NO_RUN = 3, 4, 5
-
-RUNNING_AFTER = timedelta(milliseconds=100)
-"""Steps running longer than this are recorded as running, so the status shows them."""
 
 
 async def run_once(
@@ -65,14 +60,11 @@ async def run_once(
         report(error=str(exc))
         return EXIT_STORE
     progress = Progressor(store)
-
-    def recorded(run_id: uuid.UUID, _step: StepState) -> None:
-        progress.touch(run_id)
-
     engine = Engine(
         store, Registry.from_modules(settings.workflow_modules), lease_ttl=settings.lease_ttl,
-        record_running_after=RUNNING_AFTER, on_record=recorded,
+        record_running_after=RUNNING_AFTER,
     )  # fmt: skip
+    engine.subscribe(lambda run_id, _record: progress.touch(run_id))
     try:
         outcome = await engine.run_segment(run_id, steal=steal)
     except LeaseHeld as exc:
