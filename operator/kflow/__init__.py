@@ -5,8 +5,7 @@ internal. See ``docs/api.md`` for the WorkflowContext reference.
 """
 
 from kflow.clock import Clock, SystemClock, VirtualClock
-from kflow.context import WorkflowContext
-from kflow.engine import Engine
+from kflow.engine import Engine, WorkflowContext
 from kflow.env import EnvProvider, MappingEnv, OsEnv
 from kflow.errors import (
     CircuitOpenError,

@@ -10,7 +10,7 @@ continuing on state the database has not seen.
 Step keys: the first call of a step name is keyed by the name, later calls of the same
 name in one run by ``name#2``, ``name#3``... in call order; calls from tasks the handler
 starts are numbered per task (``name#t<path>-<n>``), so concurrent branches keep their
-keys whatever the interleaving (see `kflow.scopes` and docs/concepts.md). Pass ``key=`` for
+keys whatever the interleaving (see `kflow.engine.scopes` and docs/concepts.md). Pass ``key=`` for
 data-driven loops (``ctx.step("charge", f, key=item.id)``) so that keys do not depend on
 iteration order.
 """
@@ -24,11 +24,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kflow.clock import Clock
-from kflow.compensations import Closures, Compensations
+from kflow.engine.compensations import Closures, Compensations
+from kflow.engine.kv import KvHandle
+from kflow.engine.scopes import Scopes
+from kflow.engine.steps import MISSING, Steps
+from kflow.engine.waits import Waits
 from kflow.env import EnvAccess, EnvProvider
 from kflow.errors import KflowError, PersistenceError, UndeclaredNameError, WorkflowTimeout
 from kflow.http import CircuitBreakers, HttpClient
-from kflow.kv import KvHandle
 from kflow.models import (
     AuthContext,
     RunRecord,
@@ -39,11 +42,8 @@ from kflow.models import (
     SuspendReason,
 )
 from kflow.retry import RetryPolicy
-from kflow.scopes import Scopes
 from kflow.serde import decode, encode
-from kflow.steps import MISSING, Steps
 from kflow.store import Database, Store
-from kflow.waits import Waits
 from kflow.workflow import Registry, WorkflowDefinition
 
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
@@ -211,7 +211,7 @@ class WorkflowContext(EnvAccess):
         return self._seq
 
     def _next_key(self, name: str, *, first_bare: bool = True) -> str:
-        """The key of the next call of ``name`` (see `kflow.scopes`)."""
+        """The key of the next call of ``name`` (see `kflow.engine.scopes`)."""
         return self._scopes.next_key(name, first_bare=first_bare)
 
     def _declared(self, kind: str, name: str) -> None:
@@ -353,7 +353,7 @@ class WorkflowContext(EnvAccess):
         done = [s for s in self._steps.values() if s.kind == StepKind.STEP and s.seq]
         return [s.key for s in sorted(done, key=lambda s: s.seq or 0, reverse=True)]
 
-    # -- compensation (see kflow.compensations) -------------------------------------
+    # -- compensation (see kflow.engine.compensations) -------------------------------------
 
     async def register_compensation(self, step: str, handler: Any) -> None:
         """Attach a compensation to completed step ``step`` (same forms as ``compensate=``)."""
@@ -377,7 +377,7 @@ class WorkflowContext(EnvAccess):
         """Compensate completed steps in reverse completion order; ``[(step, ok)]``."""
         return await self.compensations.run()
 
-    # -- sleeps and event waits (kflow.waits) -----------------------------------------
+    # -- sleeps and event waits (kflow.engine.waits) -----------------------------------------
 
     async def sleep(self, duration: timedelta) -> None:
         """Suspend for ``duration``; the wake time is persisted, the executor resumes the run."""

@@ -1,6 +1,6 @@
 """One segment of a run: replay its handler (or its compensations) under a held lease.
 
-`Segments` is the engine's friend, as `kflow.steps` is the context's: `Engine` takes the
+`Segments` is the engine's friend, as `kflow.engine.steps` is the context's: `Engine` takes the
 lease and calls `advance` (bind the run to its code, replay the handler until it suspends
 or ends) or `compensate` (a cancelled run's undoing), and `finish` records how the segment
 left the run and gives the lease back. Store failures and lost leases propagate.
@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kflow.clock import Clock
-from kflow.context import SegmentEnded, Services, Suspended, WorkflowContext
+from kflow.engine.context import SegmentEnded, Services, Suspended, WorkflowContext
 from kflow.errors import InvalidInput, TransientError, WorkflowTimeout
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepStatus, SuspendReason
 from kflow.serde import decode, describe_validation_error, encode

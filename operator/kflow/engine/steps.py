@@ -24,7 +24,7 @@ from kflow.serde import decode, encode
 from kflow.workflow import return_type
 
 if TYPE_CHECKING:
-    from kflow.context import WorkflowContext
+    from kflow.engine.context import WorkflowContext
 
 __all__ = ["MISSING", "Steps"]
 

@@ -25,11 +25,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from kflow.clock import Clock, SystemClock
-from kflow.context import Services
+from kflow.engine.context import Services
+from kflow.engine.leases import hold_lease
+from kflow.engine.segment import Segments, decode_input, segment_outcome
 from kflow.env import EnvProvider, OsEnv
 from kflow.errors import KflowError, UndeclaredNameError
 from kflow.http import CircuitBreakers
-from kflow.leases import hold_lease
 from kflow.models import (
     AuthContext,
     RunRecord,
@@ -39,7 +40,6 @@ from kflow.models import (
     SuspendKind,
     SuspendReason,
 )
-from kflow.segment import Segments, decode_input, segment_outcome
 from kflow.serde import encode
 from kflow.store import Database, SendResult, Store
 from kflow.workflow import Registry, WorkflowDefinition

@@ -20,7 +20,7 @@ from kflow.models import StepKind, StepState, StepStatus, SuspendKind, SuspendRe
 from kflow.serde import decode, describe_validation_error
 
 if TYPE_CHECKING:
-    from kflow.context import WorkflowContext
+    from kflow.engine.context import WorkflowContext
 
 __all__ = ["Waits"]
 

@@ -1,0 +1,9 @@
+"""The engine: what replays a workflow handler, one segment at a time, against the store.
+
+What the rest of kflow uses is exported here; the modules inside are the engine's own.
+"""
+
+from kflow.engine.context import SegmentEnded, Suspended, WorkflowContext
+from kflow.engine.engine import CANCELLED, RUNNING_AFTER, Engine
+
+__all__ = ["CANCELLED", "RUNNING_AFTER", "Engine", "SegmentEnded", "Suspended", "WorkflowContext"]
