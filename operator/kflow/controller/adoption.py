@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from kflow.apierrors import ApiError
-from kflow.controller.annotate import RETRY_AFTER
+from kflow.controller.delivery import RETRY_AFTER
 from kflow.controller.mirror import RunRef
 from kflow.errors import InvalidInput, TransientError
 from kflow.models import RunStatus

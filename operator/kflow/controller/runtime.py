@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from kflow.clock import Clock
 from kflow.controller.adoption import Adoption
-from kflow.controller.annotate import RETRY_AFTER, Annotations
+from kflow.controller.delivery import RETRY_AFTER, Annotations
 from kflow.controller.catalog import Catalog
 from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
@@ -402,7 +402,7 @@ class Controller:
                 "could not post Event %s on %s/%s: %s", reason, ref.namespace, ref.name, exc
             )
 
-    # -- annotations (kflow.controller.annotate) -------------------------------------
+    # -- annotations (kflow.controller.delivery) -------------------------------------
 
     async def annotations(self, ref: RunRef, annotations: dict[str, str]) -> None:
         """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones."""
