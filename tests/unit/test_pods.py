@@ -9,7 +9,7 @@ import pytest
 
 from kflow.controller.catalog import Catalog, Placement
 from kflow.controller.mirror import RunRef
-from kflow.controller.pods import (
+from kflow.controller.pod_manifest import (
     RUN_LABEL,
     SEGMENT_LABEL,
     pod_end,

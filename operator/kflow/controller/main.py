@@ -15,7 +15,7 @@ import kopf
 from kflow.clock import SystemClock
 from kflow.controller.handlers import FINALIZER, build_registry
 from kflow.controller.kube import KubeApi
-from kflow.controller.pods import RUN_LABEL
+from kflow.controller.pod_manifest import RUN_LABEL
 from kflow.controller.runtime import Controller
 from kflow.controller.webhook import webhook_server
 from kflow.engine import Engine

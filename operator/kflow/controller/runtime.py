@@ -28,7 +28,7 @@ from kflow.controller.executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
-from kflow.controller.podexec import Placement, PodExecutor
+from kflow.controller.pod_executor import Placement, PodExecutor
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine

@@ -29,7 +29,7 @@ from typing import Any
 from kflow.apierrors import ApiError
 from kflow.controller.kube import KubeApi
 from kflow.controller.mirror import PERMANENT, RunRef
-from kflow.controller.pods import (
+from kflow.controller.pod_manifest import (
     RUN_LABEL,
     PodEnd,
     pod_end,
