@@ -24,7 +24,7 @@ from kflow.clock import Clock
 from kflow.controller.adoption import Adoption
 from kflow.controller.delivery import RETRY_AFTER, Annotations
 from kflow.controller.catalog import Catalog
-from kflow.controller.executor import InlineExecutor
+from kflow.controller.inline_executor import InlineExecutor
 from kflow.controller.kube import ApiError, KubeApi
 from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
