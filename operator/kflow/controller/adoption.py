@@ -27,7 +27,7 @@ from kflow.resources import WorkflowRunSpec
 from kflow.serde import describe_validation_error
 
 if TYPE_CHECKING:
-    from kflow.controller.runtime import Controller
+    from kflow.controller.controller import Controller
 
 __all__ = ["Adoption"]
 

@@ -26,7 +26,7 @@ from kflow.models import RunStatus
 from kflow.resources import EventDelivery
 
 if TYPE_CHECKING:
-    from kflow.controller.runtime import Controller
+    from kflow.controller.controller import Controller
 
 __all__ = ["RETRY_AFTER", "Annotations"]
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
 from kflow.controller.mirror import RunRef
 from kflow.controller.pod_manifest import RUN_LABEL
-from kflow.controller.runtime import Controller
+from kflow.controller.controller import Controller
 from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
 from kflow.serde import describe_validation_error
