@@ -84,6 +84,17 @@ class StepStatus(StrEnum):
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
 
+    @property
+    def has_result(self) -> bool:
+        """The step completed (whatever its compensation did since): replays return its
+        recorded result."""
+        return self in _WITH_RESULT
+
+
+_WITH_RESULT = frozenset(
+    {StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED}
+)
+
 
 class AuthContext(BaseModel):
     """Who started the run (for the operator: the Kubernetes user that created it)."""

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from kflow.engine.journal import Journal
 from kflow.models import StepKind, StepState, StepStatus
 from kflow.serde import decode, encode
-from kflow.workflow import CompensationCall, CompensationDefinition, Registry, type_hints
+from kflow.workflow import CompensationCall, CompensationDefinition, type_hints
 
-__all__ = ["Closures", "Compensations", "LOST_CLOSURE"]
-
-Closures = dict[uuid.UUID, dict[str, Callable[[], Any]]]
-"""In-process closure compensations: run id -> step key -> zero-argument callable."""
+__all__ = ["Compensations", "LOST_CLOSURE"]
 
 LOST_CLOSURE = (
     "its compensation was an in-process closure, lost when the process that registered "
@@ -40,24 +37,16 @@ Compensate = Callable[[], Awaitable[None]]
 
 
 class Compensations:
-    """The compensations of one run, as seen from one context."""
+    """The compensations of one run, as seen from one segment. ``ctx`` is what a named
+    compensation gets as its first argument (the segment's `WorkflowContext`)."""
 
-    def __init__(
-        self,
-        *,
-        run_id: uuid.UUID,
-        steps: Mapping[str, StepState],
-        write: Callable[[StepState], Awaitable[None]],
-        ctx: object,
-        registry: Registry,
-        closures: Closures,
-    ) -> None:
-        self._run_id = run_id
-        self._steps = steps
-        self._write = write
+    def __init__(self, journal: Journal, ctx: object) -> None:
+        self._journal = journal
+        self._run_id = journal.run_id
+        self._steps = journal.records
         self._ctx = ctx
-        self._registry = registry
-        self._closures = closures
+        self._registry = journal.services.registry
+        self._closures = journal.services.closures
 
     def describe(self, step: str, compensate: Any) -> dict[str, Any] | None:
         """The descriptor to store for ``compensate``; raises before the step runs if a
@@ -160,7 +149,7 @@ class Compensations:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             status = StepStatus.COMPENSATED if error is None else StepStatus.COMPENSATION_FAILED
-            await self._write(replace(state, status=status, error=error))
+            await self._journal.write(replace(state, status=status, error=error))
             outcomes.append((state.key, error is None))
         return outcomes
 

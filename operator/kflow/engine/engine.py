@@ -25,9 +25,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from kflow.clock import Clock, SystemClock
-from kflow.engine.context import Services
 from kflow.engine.leases import hold_lease
 from kflow.engine.segment import Segments, decode_input, segment_outcome
+from kflow.engine.services import Services
 from kflow.env import EnvProvider, OsEnv
 from kflow.errors import KflowError, UndeclaredNameError
 from kflow.http import CircuitBreakers

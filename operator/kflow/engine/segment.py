@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from kflow.clock import Clock
-from kflow.engine.context import SegmentEnded, Services, Suspended, WorkflowContext
+from kflow.engine.context import WorkflowContext
+from kflow.engine.journal import Journal, SegmentEnded, Suspended
+from kflow.engine.services import Services
 from kflow.errors import InvalidInput, TransientError, WorkflowTimeout
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepStatus, SuspendReason
 from kflow.serde import decode, describe_validation_error, encode
@@ -103,14 +105,14 @@ class Segments:
             return segment_outcome(run.run_id, RunStatus.FAILED, error=str(exc))
         # Every record is written under a lease, so a run on its first lease has none.
         history, saved = await self.store.load_history(run.run_id) if run.segments > 1 else ([], {})
-        ctx = WorkflowContext(
+        journal = Journal(
             run=run, definition=definition, history=history, saved_state=saved,
             services=self._services,
         )  # fmt: skip
-        return await self._execute(run, definition, ctx, arg)
+        return await self._execute(run, definition, journal, arg)
 
     async def _execute(
-        self, run: RunRecord, definition: WorkflowDefinition, ctx: WorkflowContext, arg: Any
+        self, run: RunRecord, definition: WorkflowDefinition, journal: Journal, arg: Any
     ) -> SegmentOutcome:
         error: str | None = None
         output: Any = None
@@ -119,6 +121,7 @@ class Segments:
             if remaining is not None and remaining <= 0:
                 raise WorkflowTimeout(f"run passed its deadline {run.deadline}")
             async with asyncio.timeout(remaining):
+                ctx = WorkflowContext(journal)
                 args = (ctx, arg) if definition.takes_input else (ctx,)
                 result = await definition.handler(*args)
             output = encode(result)
@@ -136,10 +139,10 @@ class Segments:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            ctx.close()
-        if ctx.poisoned is not None:
-            raise ctx.poisoned
-        reason = ctx.take_suspend_reason()
+            journal.close()
+        if journal.poisoned is not None:
+            raise journal.poisoned
+        reason = journal.take_suspend_reason()
         now = self.clock.now()
         if reason is not None:
             if run.deadline is not None and (
@@ -165,14 +168,15 @@ class Segments:
         if run.workflow_version is not None:
             definition = self.registry.get(run.workflow_name, run.workflow_version)
         history, saved = await self.store.load_history(run.run_id)
-        ctx = WorkflowContext(
+        journal = Journal(
             run=run, definition=definition, history=history, saved_state=saved,
             services=self._services,
         )  # fmt: skip
+        ctx = WorkflowContext(journal)
         try:
             results = await ctx.run_compensation()
         finally:
-            ctx.close()
+            journal.close()
         failed = [step for step, ok in results if not ok]
         now = self.clock.now()
         states = ctx.all_step_states()

@@ -15,16 +15,15 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from kflow.engine.compensations import Compensations
+from kflow.engine.journal import Journal
 from kflow.errors import NonRetryable, StepFailed, StepTimeout
 from kflow.models import StepState, StepStatus, SuspendKind, SuspendReason
 from kflow.retry import NO_RETRY, RetryPolicy
 from kflow.serde import decode, encode
 from kflow.workflow import return_type
-
-if TYPE_CHECKING:
-    from kflow.engine.context import WorkflowContext
 
 __all__ = ["MISSING", "Steps"]
 
@@ -32,19 +31,18 @@ T = TypeVar("T")
 MISSING: Any = object()
 """``result_type`` not given: the step function's return annotation decides."""
 
-_DONE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
-
 
 class _ResultNotJSON(NonRetryable, TypeError):
     """A step returned something JSON cannot hold: retrying would not help."""
 
 
 class Steps:
-    """The step runner of one context (its friend: it uses its internals). The public
-    method, documented, is `WorkflowContext.step`, which delegates here."""
+    """The step runner of one segment. The public method, documented, is
+    `WorkflowContext.step`, which delegates here."""
 
-    def __init__(self, ctx: WorkflowContext) -> None:
-        self._ctx = ctx
+    def __init__(self, journal: Journal, compensations: Compensations) -> None:
+        self._journal = journal
+        self._compensations = compensations
 
     async def run(
         self,
@@ -59,28 +57,28 @@ class Steps:
         key: str | None,
         result_type: Any,
     ) -> Any:
-        ctx = self._ctx
-        ctx._guard(new_work=True)
-        ctx._declared("step", name)
-        skey = f"{name}[{key}]" if key is not None else ctx._next_key(name)
+        j = self._journal
+        j.guard(new_work=True)
+        j.declared("step", name)
+        skey = f"{name}[{key}]" if key is not None else j.next_key(name)
         rtype = return_type(fn) if result_type is MISSING else result_type
-        found = ctx._steps.get(skey)
-        if found is not None and found.status in _DONE:
-            ctx._reach(found.completed_at)
+        found = j.records.get(skey)
+        if found is not None and found.status.has_result:
+            j.reach(found.completed_at)
             result = decode(found.result, rtype)
-            ctx.compensations.keep(skey, compensate, result)
+            self._compensations.keep(skey, compensate, result)
             return result
         if found is not None and found.status == StepStatus.FAILED:
-            ctx._reach(found.completed_at)
+            j.reach(found.completed_at)
             raise _replayed_failure(skey, found.error)
-        descriptor = ctx.compensations.describe(skey, compensate)
+        descriptor = self._compensations.describe(skey, compensate)
         policy = retry or NO_RETRY
         # One private copy, updated in place: records are written from it, and
-        # ctx._steps only takes it once the store has it.
+        # the journal only takes it once the store has it.
         state = (
             replace(found)
             if found is not None
-            else StepState(key=skey, name=name, started_at=ctx._svc.clock.now())
+            else StepState(key=skey, name=name, started_at=j.services.clock.now())
         )
         if state.status == StepStatus.RETRYING and state.wake_at is not None:
             await self._wait_for_retry(state)
@@ -92,42 +90,42 @@ class Steps:
                     state, _invoke(fn, args, kwargs, timeout, rtype)
                 )
             except Exception as exc:
-                now = ctx._svc.clock.now()
+                now = j.services.clock.now()
                 state.error = f"{type(exc).__name__}: {exc}"
                 if policy.should_retry(exc, state.attempts):
                     state.status = StepStatus.RETRYING
                     state.wake_at = now + policy.backoff(state.attempts)
-                    await ctx._write(replace(state))
+                    await j.write(replace(state))
                     await self._wait_for_retry(state)
                     continue
                 state.status, state.completed_at = StepStatus.FAILED, now
-                await ctx._write(state)
-                ctx._reach(now)
+                await j.write(state)
+                j.reach(now)
                 raise StepFailed(skey, type(exc).__name__, str(exc)) from exc
-            now = ctx._svc.clock.now()
+            now = j.services.clock.now()
             state.status, state.result, state.error, state.wake_at = (
                 StepStatus.COMPLETED, encoded, None, None,
             )  # fmt: skip
-            state.completed_at, state.compensation, state.seq = now, descriptor, ctx._next_seq()
-            await ctx._write(state)
-            ctx._reach(now)
-            ctx.compensations.keep(skey, compensate, result)
+            state.completed_at, state.compensation, state.seq = now, descriptor, j.next_seq()
+            await j.write(state)
+            j.reach(now)
+            self._compensations.keep(skey, compensate, result)
             return result
 
     async def _attempt(self, state: StepState, call: Awaitable[T]) -> T:
         """Await one attempt, recording it as running first (`with_persist_step_start`)
         or once it outlives `record_running_after`."""
-        ctx = self._ctx
-        if ctx._persist_start:
-            await ctx._write(replace(state))
+        j = self._journal
+        if j.persist_start:
+            await j.write(replace(state))
             return await call
-        delay = ctx._svc.record_running_after
+        delay = j.services.record_running_after
         if delay is None:
             return await call
         announced: list[asyncio.Task[None]] = []
         timer = asyncio.get_running_loop().call_later(
             delay.total_seconds(),
-            lambda: announced.append(asyncio.create_task(ctx._write(replace(state)))),
+            lambda: announced.append(asyncio.create_task(j.write(replace(state)))),
         )
         try:
             return await call
@@ -137,13 +135,13 @@ class Steps:
                 await announced[0]
 
     async def _wait_for_retry(self, state: StepState) -> None:
-        ctx = self._ctx
+        j = self._journal
         assert state.wake_at is not None
-        delay = state.wake_at - ctx._svc.clock.now()
-        if delay > ctx._svc.max_inline_backoff:
-            raise ctx._suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
-        await ctx._svc.clock.sleep(delay.total_seconds())
-        ctx._guard(new_work=True)
+        delay = state.wake_at - j.services.clock.now()
+        if delay > j.services.max_inline_backoff:
+            raise j.suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
+        await j.services.clock.sleep(delay.total_seconds())
+        j.guard(new_work=True)
 
 
 def _replayed_failure(key: str, error: str | None) -> StepFailed:

@@ -11,26 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
-from kflow.errors import EventPayloadError, EventTimeout, PersistenceError
+from kflow.engine.journal import Journal
+from kflow.errors import EventPayloadError, EventTimeout
 from kflow.models import StepKind, StepState, StepStatus, SuspendKind, SuspendReason
 from kflow.serde import decode, describe_validation_error
-
-if TYPE_CHECKING:
-    from kflow.engine.context import WorkflowContext
 
 __all__ = ["Waits"]
 
 
 class Waits:
-    """The sleeps and event waits of one context (its friend: it uses its internals).
-    The public methods, documented, are `WorkflowContext`'s, which delegate here."""
+    """The sleeps and event waits of one segment. The public methods, documented, are
+    `WorkflowContext`'s, which delegate here."""
 
-    def __init__(self, ctx: WorkflowContext) -> None:
-        self._ctx = ctx
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
 
     async def sleep(self, duration: timedelta) -> None:
         await self._sleep(lambda now: now + duration if duration > timedelta(0) else None)
@@ -38,7 +36,7 @@ class Waits:
     async def sleep_until(self, wake_at: datetime) -> None:
         def wake(now: datetime) -> datetime | None:
             if wake_at <= now:
-                self._ctx._reach(wake_at)  # a fixed time: the same on every replay
+                self._journal.reach(wake_at)  # a fixed time: the same on every replay
                 return None
             return wake_at
 
@@ -47,21 +45,21 @@ class Waits:
     async def _sleep(self, wake_after: Callable[[datetime], datetime | None]) -> None:
         """Pass a recorded sleep, or record a new one at ``wake_after(now)`` and suspend
         (``None``: nothing to wait for; the call still takes its key)."""
-        ctx = self._ctx
-        ctx._guard(new_work=True)
-        key = ctx._next_key("@sleep", first_bare=False)
-        state = ctx._steps.get(key)
+        j = self._journal
+        j.guard(new_work=True)
+        key = j.next_key("@sleep", first_bare=False)
+        state = j.records.get(key)
         if state is not None:
             await self._finish_sleep(state)
             return
-        wake_at = wake_after(ctx._svc.clock.now())
+        wake_at = wake_after(j.services.clock.now())
         if wake_at is not None:
             await self._start_sleep(key, wake_at)
 
     async def _start_sleep(self, key: str, wake_at: datetime) -> None:
-        ctx = self._ctx
-        now = ctx._svc.clock.now()
-        await ctx._write(
+        j = self._journal
+        now = j.services.clock.now()
+        await j.write(
             StepState(
                 key=key,
                 name="sleep",
@@ -70,21 +68,19 @@ class Waits:
                 attempts=1,
                 started_at=now,
                 wake_at=wake_at,
-                seq=ctx._next_seq(),
+                seq=j.next_seq(),
             )
         )
-        raise ctx._suspending(SuspendReason(SuspendKind.SLEEP, key, wake_at))
+        raise j.suspending(SuspendReason(SuspendKind.SLEEP, key, wake_at))
 
     async def _finish_sleep(self, state: StepState) -> None:
-        ctx = self._ctx
+        j = self._journal
         assert state.wake_at is not None
-        if ctx._svc.clock.now() < state.wake_at:
-            raise ctx._suspending(SuspendReason(SuspendKind.SLEEP, state.key, state.wake_at))
+        if j.services.clock.now() < state.wake_at:
+            raise j.suspending(SuspendReason(SuspendKind.SLEEP, state.key, state.wake_at))
         if state.status == StepStatus.WAITING:  # first pass after waking: show it as done
-            await ctx._write(
-                replace(state, status=StepStatus.COMPLETED, completed_at=state.wake_at)
-            )
-        ctx._reach(state.wake_at)
+            await j.write(replace(state, status=StepStatus.COMPLETED, completed_at=state.wake_at))
+        j.reach(state.wake_at)
 
     async def _take(
         self, key: str, name: str, tp: Any, now: datetime, seq: int
@@ -94,22 +90,22 @@ class Waits:
         the reason (shown on the run's status): a typo never fails the run, nor hides
         the events after it. The event consumed is exactly the one checked; one another
         wait took meanwhile is looked for again."""
-        ctx, store = self._ctx, self._ctx._svc.store
+        j = self._journal
+        store, epoch = j.services.store, j.run.lease_epoch
         if tp is None:
             return await store.consume_event(
-                ctx.run_id, ctx._epoch, name=name, wait_key=key, now=now, seq=seq
+                j.run_id, epoch, name=name, wait_key=key, now=now, seq=seq
             )
-        while (pending := await store.next_event(ctx.run_id, name)) is not None:
+        while (pending := await store.next_event(j.run_id, name)) is not None:
             event_id, payload = pending
             try:
                 _parse_event(name, payload, tp)
             except EventPayloadError as exc:
-                await store.reject_event(ctx.run_id, ctx._epoch, event_id, wait_key=key,
+                await store.reject_event(j.run_id, epoch, event_id, wait_key=key,
                                          reason=str(exc), now=now)  # fmt: skip
                 continue
             found, payload = await store.consume_event(
-                ctx.run_id, ctx._epoch, name=name, wait_key=key, now=now, seq=seq,
-                event_id=event_id,
+                j.run_id, epoch, name=name, wait_key=key, now=now, seq=seq, event_id=event_id,
             )  # fmt: skip
             if found:
                 return True, payload
@@ -118,30 +114,26 @@ class Waits:
     async def wait_for_event(
         self, name: str, *, timeout: timedelta | None = None, type: Any = None
     ) -> Any:
-        ctx = self._ctx
-        ctx._guard(new_work=True)
-        ctx._declared("event", name)
-        key = ctx._next_key(f"@event:{name}", first_bare=False)
-        state = ctx._steps.get(key)
+        j = self._journal
+        j.guard(new_work=True)
+        j.declared("event", name)
+        key = j.next_key(f"@event:{name}", first_bare=False)
+        state = j.records.get(key)
         if state is not None and state.status == StepStatus.COMPLETED:
-            ctx._reach(state.completed_at)
+            j.reach(state.completed_at)
             return _parse_event(name, state.result, type)
         if state is not None and state.status == StepStatus.FAILED:
-            ctx._reach(state.completed_at)
+            j.reach(state.completed_at)
             raise EventTimeout(state.error or f"event {name!r} timed out")
-        now = ctx._svc.clock.now()
-        seq = ctx._next_seq()
-        try:
-            found, payload = await self._take(key, name, type, now, seq)
-        except PersistenceError as exc:
-            ctx._poison = exc
-            raise
+        now = j.services.clock.now()
+        seq = j.next_seq()
+        found, payload = await j.store_call(self._take(key, name, type, now, seq))
         if found:
-            ctx._recorded(StepState(
+            j.recorded(StepState(
                 key=key, name=name, kind=StepKind.EVENT, status=StepStatus.COMPLETED,
                 attempts=1, result=payload, started_at=now, completed_at=now, seq=seq,
             ))  # fmt: skip
-            ctx._reach(now)
+            j.reach(now)
             return _parse_event(name, payload, type)
         deadline = (
             state.wake_at if state is not None else (now + timeout if timeout is not None else None)
@@ -149,19 +141,17 @@ class Waits:
         if deadline is not None and now >= deadline:
             message = f"event {name!r} did not arrive by {deadline.isoformat()}"
             base = state or StepState(key=key, name=name, kind=StepKind.EVENT, started_at=now)
-            await ctx._write(
-                replace(base, status=StepStatus.FAILED, error=message, completed_at=now)
-            )
-            ctx._reach(now)
+            await j.write(replace(base, status=StepStatus.FAILED, error=message, completed_at=now))
+            j.reach(now)
             raise EventTimeout(message)
         if state is None:
-            await ctx._write(
+            await j.write(
                 StepState(
                     key=key, name=name, kind=StepKind.EVENT, status=StepStatus.WAITING,
                     attempts=1, started_at=now, wake_at=deadline, seq=seq,
                 )
             )  # fmt: skip
-        raise ctx._suspending(SuspendReason(SuspendKind.EVENT, key, deadline, event=name))
+        raise j.suspending(SuspendReason(SuspendKind.EVENT, key, deadline, event=name))
 
 
 def _parse_event(name: str, payload: Any, tp: Any) -> Any:
