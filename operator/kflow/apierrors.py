@@ -1,4 +1,8 @@
-"""Errors of the Kubernetes API, decoded the same way by every client kflow has."""
+"""Errors of the Kubernetes API, decoded the same way by every client kflow has.
+
+`ApiError` itself is in `kflow.errors` (the error tree); it is re-exported here for the
+clients that decode responses into it.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,9 @@ from typing import Any
 
 import httpx
 
+from kflow.errors import ApiError
+
 __all__ = ["ApiError", "checked_json", "error_from"]
-
-
-class ApiError(RuntimeError):
-    """The API server answered with an error status; ``message`` is its own words."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Kubernetes API {status}: {message}")
-        self.status = status
-        self.message = message
 
 
 def error_from(status: int, text: str) -> ApiError:

@@ -23,6 +23,13 @@
 
     NonRetryable                    raise from a step to fail it without further attempts
 
+    ApiError                        the Kubernetes API server refused a request (or was out of
+                                    reach: status 0); ``permanent`` (400, 403, 422): the same
+                                    request is refused again, so retrying cannot help
+
+`ApiError` is not a `KflowError`: it is the API server's answer, passed on (a handler that
+refuses what kflow raises on purpose must not swallow it); `kflow.apierrors` decodes it.
+
 Suspension (sleep, event wait) is not an error: it is `kflow.context.Suspended`, a
 `BaseException` so that ``except Exception`` in user code cannot swallow it.
 """
@@ -30,6 +37,7 @@ Suspension (sleep, event wait) is not an error: it is `kflow.context.Suspended`,
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
     "CircuitOpenError",
     "DefinitionError",
     "EnvError",
@@ -127,3 +135,21 @@ class LeaseHeld(TransientError):
 
 class NonRetryable(Exception):
     """Raise (or subclass) from a step to fail it at once, whatever its retry policy."""
+
+
+_PERMANENT = frozenset({400, 403, 422})
+"""Bad request, forbidden, invalid: answers the same request gets again."""
+
+
+class ApiError(RuntimeError):
+    """The API server answered with an error status; ``message`` is its own words."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes API {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def permanent(self) -> bool:
+        """The same request will be refused again: report it, do not retry it."""
+        return self.status in _PERMANENT

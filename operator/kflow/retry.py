@@ -1,4 +1,5 @@
-"""`RetryPolicy`: how often, and how patiently, a failing step is tried again.
+"""`RetryPolicy`: how often, and how patiently, a failing step is tried again; `backoff`:
+the same curve for kflow's own retries (a segment the store failed, a lost connection).
 
 Attempts are durable: each failed attempt is recorded before the backoff, so a crash
 during a backoff resumes with the right attempt count instead of starting over.
@@ -11,7 +12,7 @@ from datetime import timedelta
 
 from kflow.errors import NonRetryable
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "backoff"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,18 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def backoff(failures: int, *, first: float = 2.0, factor: float = 2.0, cap: float = 60.0) -> float:
+    """Seconds to wait after ``failures`` failures in a row (1 = after the first): ``first``,
+    then each wait ``factor`` times the one before, never more than ``cap``.
+
+    For what kflow retries itself, outside any step: a segment the store or a lease
+    stopped, a segment Pod that failed, the progress listener's connection, a deletion
+    that must wait. Any number of failures is fine (a count that never resets included).
+    """
+    try:
+        seconds = first * factor ** max(failures - 1, 0)
+    except OverflowError:  # factor ** a very large count
+        return cap
+    return min(seconds, cap)

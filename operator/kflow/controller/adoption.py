@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from kflow.apierrors import ApiError
 from kflow.controller.delivery import RETRY_AFTER
 from kflow.controller.mirror import RunRef
-from kflow.errors import InvalidInput, TransientError
+from kflow.errors import ApiError, InvalidInput, TransientError
 from kflow.models import RunStatus
 from kflow.resources import WorkflowRunSpec
 from kflow.serde import describe_validation_error

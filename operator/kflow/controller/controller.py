@@ -22,20 +22,17 @@ from pydantic import ValidationError
 
 from kflow.clock import Clock
 from kflow.controller.adoption import Adoption
-from kflow.controller.delivery import RETRY_AFTER, Annotations
 from kflow.controller.catalog import Catalog
+from kflow.controller.delivery import RETRY_AFTER, Annotations
 from kflow.controller.inline_executor import InlineExecutor
-from kflow.controller.kube import ApiError, KubeApi
+from kflow.controller.kube import KubeApi
 from kflow.controller.metrics import Metrics
-from kflow.controller.mirror import PERMANENT, RunRef, StatusMirror
+from kflow.controller.mirror import RunRef, StatusMirror
 from kflow.controller.pod_executor import Placement, PodExecutor
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
-from kflow.errors import (
-    RunNotFound,
-    TransientError,
-)
+from kflow.errors import ApiError, RunNotFound, TransientError
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.resources import ExecutorView, WorkflowRunSpec, WorkflowSpec
 from kflow.serde import describe_validation_error
@@ -384,7 +381,7 @@ class Controller:
             await self._kube.delete_run(ref.namespace, ref.name, uid=ref.uid)
         except (ApiError, OSError) as exc:
             # Refused for good (e.g. no right to delete): asking again cannot help.
-            if isinstance(exc, ApiError) and exc.status in PERMANENT:
+            if isinstance(exc, ApiError) and exc.permanent:
                 log.error("cannot delete expired %s/%s: %s", ref.namespace, ref.name, exc)
                 await self._event(ref, "Warning", "ExpiryFailed", f"not deleted: {exc}")
                 return

@@ -17,11 +17,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from kflow.apierrors import ApiError
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
-from kflow.controller.mirror import PERMANENT, RunRef
+from kflow.controller.mirror import RunRef
 from kflow.controller.status import MAX_EVENTS
-from kflow.errors import KflowError, RunNotFound, TransientError, UndeclaredNameError
+from kflow.errors import ApiError, KflowError, RunNotFound, TransientError, UndeclaredNameError
 from kflow.models import RunStatus
 from kflow.resources import EventDelivery
 
@@ -63,7 +62,7 @@ class Annotations:
                 else:
                     await self._act(ref, item)
         except (ApiError, TransientError, OSError) as exc:
-            if isinstance(exc, ApiError) and exc.status in PERMANENT:  # refused again
+            if isinstance(exc, ApiError) and exc.permanent:  # refused again
                 log.error("annotations of %s/%s: %s", ref.namespace, ref.name, exc)
                 await c._event(ref, "Warning", "AnnotationFailed", str(exc))
                 return

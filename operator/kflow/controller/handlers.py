@@ -12,11 +12,12 @@ import kopf
 from pydantic import ValidationError
 
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
+from kflow.controller.controller import Controller
 from kflow.controller.mirror import RunRef
 from kflow.controller.pod_manifest import RUN_LABEL
-from kflow.controller.controller import Controller
 from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
+from kflow.retry import backoff
 from kflow.serde import describe_validation_error
 
 __all__ = ["FINALIZER", "build_registry"]
@@ -79,7 +80,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         controller: Controller = memo["controller"]
         # Asked again sooner at first (a compensation Pod is quick), then less often: a
         # run nothing can undo yet (no template, the database away) is not polled hot.
-        delay = min(2.0 * 1.5 ** min(retry, 10), 30.0)  # kopf counts retries without end
+        delay = backoff(retry + 1, factor=1.5, cap=30.0)  # kopf counts retries from 0
         try:
             done = await controller.delete(_ref(body))
         except TransientError as exc:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from kflow.engine import Engine
 from kflow.errors import LeaseHeld, LeaseLost, RunNotFound, TransientError
 from kflow.models import SegmentOutcome
+from kflow.retry import backoff
 
 __all__ = ["InlineExecutor"]
 
@@ -84,7 +85,7 @@ class InlineExecutor:
     def _back_off(self, run_id: uuid.UUID, why: str) -> None:
         failures = self._failures.get(run_id, 0) + 1
         self._failures[run_id] = failures
-        delay = min(2.0**failures, 60.0)
+        delay = backoff(failures)
         log.warning("run %s: %s; trying again in %.0fs", run_id, why, delay)
         self._retry_at(run_id, self._engine.clock.now() + timedelta(seconds=delay))
 

@@ -23,10 +23,11 @@ import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from kflow.apierrors import ApiError, error_from
+from kflow.apierrors import error_from
+from kflow.errors import ApiError
 from kflow.resources import GROUP, VERSION
 
-__all__ = ["ApiError", "KubeApi", "event_body"]
+__all__ = ["KubeApi", "event_body"]
 
 CONNECTIONS = 16
 """Kept-alive connections to the API server. A burst of status writes (hundreds of runs

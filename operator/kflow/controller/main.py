@@ -13,10 +13,10 @@ from typing import Any
 import kopf
 
 from kflow.clock import SystemClock
+from kflow.controller.controller import Controller
 from kflow.controller.handlers import FINALIZER, build_registry
 from kflow.controller.kube import KubeApi
 from kflow.controller.pod_manifest import RUN_LABEL
-from kflow.controller.controller import Controller
 from kflow.controller.webhook import webhook_server
 from kflow.engine import Engine
 from kflow.models import StepState

@@ -25,19 +25,16 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from kflow.clock import Clock
-from kflow.controller.kube import ApiError, KubeApi
+from kflow.controller.kube import KubeApi
 from kflow.controller.status import MAX_EVENTS, build_status
 from kflow.engine import Engine
-from kflow.errors import RunNotFound, TransientError
+from kflow.errors import ApiError, RunNotFound, TransientError
 from kflow.models import RunStatus
 from kflow.resources import EventDelivery, ExecutorView, WorkflowRunStatus
 
-__all__ = ["PERMANENT", "RunRef", "StatusMirror"]
+__all__ = ["RunRef", "StatusMirror"]
 
 log = logging.getLogger(__name__)
-
-PERMANENT = {400, 403, 422}
-"""API answers that the same PATCH will get again."""
 
 _TOP_LEVEL = [field.alias or name for name, field in WorkflowRunStatus.model_fields.items()]
 
@@ -139,7 +136,7 @@ class StatusMirror:
                 try:
                     await self.flush(run_id)
                 except (ApiError, TransientError, OSError) as exc:
-                    if isinstance(exc, ApiError) and exc.status in PERMANENT:
+                    if isinstance(exc, ApiError) and exc.permanent:
                         log.error("status of run %s refused: %s", run_id, exc)
                         continue  # retrying the same PATCH cannot help
                     log.warning("status of run %s not mirrored yet: %s", run_id, exc)

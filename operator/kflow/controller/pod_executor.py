@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
-from kflow.apierrors import ApiError
 from kflow.controller.kube import KubeApi
-from kflow.controller.mirror import PERMANENT, RunRef
+from kflow.controller.mirror import RunRef
 from kflow.controller.pod_manifest import (
     RUN_LABEL,
     PodEnd,
@@ -39,9 +38,10 @@ from kflow.controller.pod_manifest import (
 )
 from kflow.controller.tasks import Background
 from kflow.engine import Engine
-from kflow.errors import RunNotFound, TransientError
+from kflow.errors import ApiError, RunNotFound, TransientError
 from kflow.models import SegmentOutcome
 from kflow.resources import PodTemplate
+from kflow.retry import backoff
 from kflow.settings import OperatorSettings
 
 __all__ = ["PodExecutor"]
@@ -144,7 +144,7 @@ class PodExecutor:
             return
         except (ApiError, OSError) as exc:
             self._live.pop(run_id, None)
-            if isinstance(exc, ApiError) and exc.status in PERMANENT:
+            if isinstance(exc, ApiError) and exc.permanent:
                 await self._failed(run_id, f"the segment Pod was refused: {exc}")
             else:
                 self._retry(run_id, f"cannot dispatch a segment: {exc}")
@@ -291,7 +291,7 @@ class PodExecutor:
             )
             return
         self._failures[run_id] = failures
-        delay = min(2.0**failures, 60.0)
+        delay = backoff(failures)
         await self._on_problem(
             run_id, "SegmentFailed",
             f"{message}; retrying in {delay:.0f}s ({failures} of {limit} retries)",

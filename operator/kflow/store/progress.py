@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from kflow.retry import backoff
 from kflow.store.postgres import Store
 
 __all__ = ["ProgressListener", "Progressor", "channel"]
@@ -115,7 +116,7 @@ class ProgressListener:
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 failures += 1
-                delay = min(2.0**failures, 30.0)
+                delay = backoff(failures, cap=30.0)
                 log.warning("progress listener cannot connect (%s); again in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
