@@ -78,6 +78,7 @@ class Controller:
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        engine.subscribe(self.recorded)  # one way: the engine never knows the controller
         self.metrics = metrics or Metrics()
         self._kube = kube
         self._clock = clock

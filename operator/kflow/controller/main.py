@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import uuid
-from datetime import timedelta
 from typing import Any
 
 import kopf
@@ -18,8 +16,7 @@ from kflow.controller.handlers import FINALIZER, build_registry
 from kflow.controller.kube import KubeApi
 from kflow.controller.pod_manifest import RUN_LABEL
 from kflow.controller.webhook import webhook_server
-from kflow.engine import Engine
-from kflow.models import StepState
+from kflow.engine import RUNNING_AFTER, Engine
 from kflow.settings import OperatorSettings
 from kflow.store import Store
 from kflow.store.progress import ProgressListener
@@ -28,9 +25,6 @@ from kflow.workflow import Registry
 __all__ = ["run_operator"]
 
 log = logging.getLogger("kflow.operator")
-
-RUNNING_AFTER = timedelta(milliseconds=100)
-"""Steps running longer than this show as running in the status (one more write)."""
 
 Flag = asyncio.Event | threading.Event | asyncio.Future[Any]
 
@@ -47,16 +41,11 @@ async def run_operator(
     )
     kube = KubeApi.from_environment()
     clock = SystemClock()
-    controller: Controller | None = None
-
-    def recorded(run_id: uuid.UUID, step: StepState) -> None:
-        if controller is not None:
-            controller.recorded(run_id, step)
-
     engine = Engine(
         store, registry, clock=clock, lease_ttl=settings.lease_ttl,
-        record_running_after=RUNNING_AFTER, on_record=recorded,
+        record_running_after=RUNNING_AFTER,
     )  # fmt: skip
+    # The controller subscribes to the engine's records: wiring goes one way.
     controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
     await engine.register_definitions()
     await controller.load_workflows()
