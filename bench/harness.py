@@ -1,7 +1,7 @@
 """What ``bench/operator_throughput.py`` drives the API server with, and how it counts CPU.
 
 - `Api`: an aiohttp client for WorkflowRuns (create, status and annotation patches,
-  deletion) and namespaces, as the admin of a `kflow.devcluster.LocalCluster`. aiohttp
+  deletion) and namespaces, as the admin of a `kflow.dev.cluster.LocalCluster`. aiohttp
   because the client must not be the bottleneck: on a 2-core machine httpx costs about ten
   times its client CPU per request.
 - `PhaseWatch`: one watch on a namespace that records when each object's
@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from kflow.controller.kube import event_body
-from kflow.devcluster import ApiEndpoint
+from kflow.dev.cluster import ApiEndpoint
 
 __all__ = ["Api", "PhaseWatch", "Process", "cpu_seconds"]
 

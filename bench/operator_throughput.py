@@ -3,7 +3,7 @@
     .venv/bin/python bench/operator_throughput.py [--runs 500] [--events 200]
         [--sleepers 1000] [--repeat 3] [--profile DIR] [--operator-env KEY=VALUE ...]
 
-Starts a local control plane (``kflow.devcluster``, API server and etcd only) and a
+Starts a local control plane (``kflow.dev.cluster``, API server and etcd only) and a
 throw-away PostgreSQL, installs the CRDs, then measures, in fresh namespaces, each
 operator started fresh for its scenario:
 
@@ -54,9 +54,9 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT)]
 from bench.harness import Api, PhaseWatch, Process, cpu_seconds  # noqa: E402
 from bench.pyspy_summary import summarize  # noqa: E402
 
-from kflow.devcluster import LocalCluster, ensure_built  # noqa: E402
-from kflow.devcluster.build import cache_root  # noqa: E402
-from kflow.localpg import LocalPostgres, free_port  # noqa: E402
+from kflow.dev.cluster import LocalCluster, ensure_built  # noqa: E402
+from kflow.dev.cluster.build import cache_root  # noqa: E402
+from kflow.dev.postgres import LocalPostgres, free_port  # noqa: E402
 
 EVENT_KEY = "event.kflow.io/go"
 FINALIZER = "kflow.io/finalizer"

@@ -24,7 +24,7 @@ alone, with the runner's imports (with and without the interpreter's teardown of
 exit), and a whole ``kflow runner`` process for a run that does not exist (connect, schema
 check, one UPDATE, exit) and for a 1-step segment.
 
-Starts its own control plane (``kflow.devcluster``: API server, etcd, controller-manager
+Starts its own control plane (``kflow.dev.cluster``: API server, etcd, controller-manager
 and scheduler, plus the node stand-in that runs Pods as local processes), PostgreSQL, and
 operator, and stops them all on exit. The node stand-in is not a container runtime: a real
 cluster adds image pulls, container creation and a kubelet's own latencies.
@@ -58,10 +58,10 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import Api, PhaseWatch, Process  # noqa: E402
 from bench.operator_throughput import install_crd, pct  # noqa: E402
 
-from kflow.devcluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E402
-from kflow.devcluster.build import cache_root  # noqa: E402
+from kflow.dev.cluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E402
+from kflow.dev.cluster.build import cache_root  # noqa: E402
+from kflow.dev.postgres import LocalPostgres, free_port  # noqa: E402
 from kflow.engine import Engine  # noqa: E402
-from kflow.localpg import LocalPostgres, free_port  # noqa: E402
 from kflow.plugin.manifest import ManifestOptions, workflow_object  # noqa: E402
 from kflow.store import Store  # noqa: E402
 from kflow.workflow import Registry  # noqa: E402

@@ -31,7 +31,7 @@ from pathlib import Path
 import asyncpg
 
 from kflow import Engine, Registry, Store, WorkflowContext, workflow
-from kflow.localpg import LocalPostgres
+from kflow.dev.postgres import LocalPostgres
 
 POOL = 10
 

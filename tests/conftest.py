@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kflow.localpg import LocalPostgres
+from kflow.dev.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@
 
 The environment gets its own schema in the database (dropped on exit), so tests can share
 one server. With no ``dsn`` it uses ``$KFLOW_TEST_DSN``, or starts a throw-away server
-(`kflow.localpg.LocalPostgres`, which needs Debian's PostgreSQL binaries). Its clock is a
+(`kflow.dev.postgres.LocalPostgres`, which needs Debian's PostgreSQL binaries). Its clock is a
 `VirtualClock`: `drive` jumps it to each sleep's end, so a 30-day sleep passes at once.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kflow.clock import VirtualClock
+from kflow.dev.postgres import LocalPostgres
 from kflow.engine import Engine
-from kflow.localpg import LocalPostgres
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.store import SendResult, Store
 from kflow.workflow import CompensationDefinition, Registry, WorkflowDefinition

@@ -2,7 +2,7 @@
 
 The session gets etcd, kube-apiserver (RBAC, token auth), kube-controller-manager,
 kube-scheduler and a node stand-in that runs Pods as local processes
-(`kflow.devcluster`), on loopback and free ports, in a temp dir of its own; PostgreSQL
+(`kflow.dev.cluster`), on loopback and free ports, in a temp dir of its own; PostgreSQL
 comes from the shared `pg_dsn` fixture. Each test gets a fresh namespace.
 
 The Kubernetes binaries are built (once per machine, ~7 min) during collection, before any
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from kflow.devcluster import BuildError, K8sBinaries, LocalCluster, NodeStandIn, ensure_built
-from kflow.devcluster.build import cache_root
+from kflow.dev.cluster import BuildError, K8sBinaries, LocalCluster, NodeStandIn, ensure_built
+from kflow.dev.cluster.build import cache_root
 
 E2E_DIR = Path(__file__).parent
 CHARTS = E2E_DIR / "charts"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kflow.localpg import free_port
+from kflow.dev.postgres import free_port
 from tests.e2e.conftest import Harness, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""``python -m kflow.devcluster up`` / ``down``: a cluster for local use, stopped by PID."""
+"""``python -m kflow.dev.cluster up`` / ``down``: a cluster for local use, stopped by PID."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from kflow.devcluster import cache_root
+from kflow.dev.cluster import cache_root
 from tests.e2e.conftest import Harness
 
 
@@ -22,7 +22,7 @@ def _gone(pid: int) -> bool:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kflow.devcluster", *args],
+    return subprocess.run([sys.executable, "-m", "kflow.dev.cluster", *args],
                           capture_output=True, text=True, timeout=90)  # fmt: skip
 
 

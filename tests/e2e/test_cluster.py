@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from kflow.devcluster import LocalCluster
-from kflow.localpg import free_port
+from kflow.dev.cluster import LocalCluster
+from kflow.dev.postgres import free_port
 from tests.e2e.conftest import Harness
 
 
@@ -28,7 +28,7 @@ def test_a_taken_port_is_retried_on_new_ports(
             picked.append(next(ports, None) or free_port())
             return picked[-1]
 
-        monkeypatch.setattr("kflow.devcluster.cluster.free_port", pick)
+        monkeypatch.setattr("kflow.dev.cluster.cluster.free_port", pick)
         with LocalCluster(binaries=harness.cluster.binaries, controller_manager=False,
                           scheduler=False) as cluster:  # fmt: skip
             assert cluster.api_port != taken

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kflow.localpg import free_port
+from kflow.dev.postgres import free_port
 from tests.e2e.conftest import Harness, wait_for
 from tests.e2e.operator_env import ROOT
 
@@ -106,7 +106,7 @@ def test_install_run_upgrade_uninstall(
             "extraEnv": [{"name": "PYTHONPATH", "value": str(ROOT)}],
         },
         # The API server calls it at its Service, with the chart's certificate: the node
-        # stand-in routes the Service to the operator Pod (kflow.devcluster.network).
+        # stand-in routes the Service to the operator Pod (kflow.dev.cluster.network).
         "webhook": {"enabled": True, "port": free_port()},
     }  # fmt: skip
     values_file = tmp_path / "values.json"

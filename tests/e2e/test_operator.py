@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kflow.localpg import LocalPostgres, free_port
+from kflow.dev.postgres import LocalPostgres, free_port
 from tests.e2e.conftest import Harness, wait_for
 from tests.e2e.operator_env import Operator, Runs, children, lines
 

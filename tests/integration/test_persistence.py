@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kflow import PersistenceError, RunStatus, Store, WorkflowContext, workflow
-from kflow.localpg import free_port
+from kflow.dev.postgres import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kflow import RunStatus
-from kflow.localpg import free_port
+from kflow.dev.postgres import free_port
 from kflow.runner import EXIT_LEASE_HELD, EXIT_NO_RUN, EXIT_STORE
 from kflow.store.progress import ProgressListener
 from tests.integration.runner_workflows import two_segments

@@ -1,4 +1,4 @@
-"""Pure parts of kflow.devcluster: env expansion, the downward API, the cache, PID safety."""
+"""Pure parts of kflow.dev.cluster: env expansion, the downward API, the cache, PID safety."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kflow.devcluster.build import COMPONENTS, _locked, find_cached
-from kflow.devcluster.podenv import PodConfigError, command_line, expand, field_ref, translate
-from kflow.devcluster.procs import is_ours, stop_pid
+from kflow.dev.cluster.build import COMPONENTS, _locked, find_cached
+from kflow.dev.cluster.podenv import PodConfigError, command_line, expand, field_ref, translate
+from kflow.dev.cluster.procs import is_ours, stop_pid
 
 POD = {
     "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "web"}},

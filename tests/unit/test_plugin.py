@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kflow import WorkflowContext, workflow
-from kflow.localpg import free_port
+from kflow.dev.postgres import free_port
 from kflow.plugin import main
 from kflow.plugin.api import Cluster, PluginError, context_namespace
 from kflow.plugin.commands import build_parser, event_value, refusal

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kflow.devcluster.podenv import (
+from kflow.dev.cluster.podenv import (
     PodConfigError,
     command_line,
     container_env,
@@ -31,11 +31,11 @@ from kflow.devcluster.podenv import (
     translate,
     write_credentials,
 )
-from kflow.devcluster.rest import ApiError, Obj, Rest
+from kflow.dev.cluster.rest import ApiError, Obj, Rest
 
 __all__ = ["PodRunner"]
 
-log = logging.getLogger("kflow.devcluster.node")
+log = logging.getLogger("kflow.dev.cluster.node")
 _TICK = 0.1
 _BACKOFF_START, _BACKOFF_MAX = 10.0, 300.0
 _DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"

@@ -1,14 +1,14 @@
 """A real Kubernetes control plane on loopback: etcd, API server, controller-manager, scheduler.
 
-`LocalCluster` runs the binaries cached by `kflow.devcluster.build` and Debian's etcd in a
+`LocalCluster` runs the binaries cached by `kflow.dev.cluster.build` and Debian's etcd in a
 fresh temp directory on free ports, with RBAC on and token authentication from a
 ``tokens.csv`` it writes (an ``admin`` in ``system:masters`` plus any users you name, so tests
 can prove what RBAC denies). It writes an admin kubeconfig, waits for ``/readyz``, and stops
 exactly the processes it started, by PID, removing its directory. There is no kubelet: see
-`kflow.devcluster.node.NodeStandIn` for running Pods.
+`kflow.dev.cluster.node.NodeStandIn` for running Pods.
 
 Its state (PIDs, ports, paths) is saved in ``state.json`` in the work dir, so a later
-process can `attach()` and `stop()` it (what ``python -m kflow.devcluster down`` does).
+process can `attach()` and `stop()` it (what ``python -m kflow.dev.cluster down`` does).
 
 This is development and test tooling, never used by the operator in production.
 """
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import httpx
 
-from kflow.devcluster.build import K8sBinaries, ensure_built
-from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
-from kflow.devcluster.network import PodNetwork, egress_config
-from kflow.devcluster.procs import spawn, stop_child, stop_pid, tail
-from kflow.localpg import Service, free_port
+from kflow.dev.cluster.build import K8sBinaries, ensure_built
+from kflow.dev.cluster.kubeconfig import ApiEndpoint, write_kubeconfig
+from kflow.dev.cluster.network import PodNetwork, egress_config
+from kflow.dev.cluster.procs import spawn, stop_child, stop_pid, tail
+from kflow.dev.postgres import Service, free_port
 
 __all__ = ["ClusterError", "LocalCluster", "find_etcd"]
 
@@ -86,7 +86,7 @@ class LocalCluster(Service):
         self.with_pod_network = pod_network
         self.network: PodNetwork | None = None
         """With ``pod_network``: the egress proxy a `NodeStandIn` must serve, through which
-        the API server reaches Services (webhooks) and kubelets (`kflow.devcluster.network`)."""
+        the API server reaches Services (webhooks) and kubelets (`kflow.dev.cluster.network`)."""
         self.workdir: Path | None = None
         self.pids: dict[str, int] = {}
         self.markers: dict[str, str] = {}  # per helper process: what its command line names

@@ -70,7 +70,7 @@ def cache_root() -> Path:
 
 
 def _say(message: str) -> None:
-    print(f"[kflow.devcluster] {message}", flush=True)
+    print(f"[kflow.dev.cluster] {message}", flush=True)
 
 
 def find_cached(root: Path | None = None) -> K8sBinaries | None:

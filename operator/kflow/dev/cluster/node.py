@@ -3,7 +3,7 @@
 There is no kubelet or container runtime on these machines. `NodeStandIn` registers a
 ``Node``, marks it Ready (status patch) and removes the ``not-ready`` taint the API server
 puts on new nodes, so the real scheduler binds Pods to it. It watches the Pods bound to it
-and runs each one in a `kflow.devcluster.podrun.PodRunner` thread:
+and runs each one in a `kflow.dev.cluster.podrun.PodRunner` thread:
 
 - each container's ``command``/``args`` run as a local process in its own process group,
   with the project's Python environment first on ``PATH`` (so ``python`` is this venv's);
@@ -21,19 +21,19 @@ and runs each one in a `kflow.devcluster.podrun.PodRunner` thread:
   then deleting the Pod object with grace 0;
 - logs: each container's output goes to ``<pod dir>/<container>.log``, named in the Pod's
   ``status.message``, and ``kubectl logs [-f] [--tail]`` works: the stand-in serves the
-  kubelet's ``/containerLogs`` endpoint (`kflow.devcluster.logserver`), the only kubelet
+  kubelet's ``/containerLogs`` endpoint (`kflow.dev.cluster.logserver`), the only kubelet
   endpoint it serves (no exec, attach, port-forward, metrics).
 
-It talks to the API server with a small httpx client (`kflow.devcluster.rest`), not the
+It talks to the API server with a small httpx client (`kflow.dev.cluster.rest`), not the
 official ``kubernetes`` client: it handles raw JSON as a kubelet does and must end its watch
 at once on `stop()`. It runs in threads inside the calling process (the e2e fixtures) or as
-a process of its own (``python -m kflow.devcluster up`` starts one).
+a process of its own (``python -m kflow.dev.cluster up`` starts one).
 
 - Secret and ConfigMap volumes: written under ``<pod dir>/volumes/<volume>/``, and the
   container's env values and arguments that start with a mount path are rewritten to that
   directory (a process cannot have its own ``/var/run/...``);
 - with a `PodNetwork` (``LocalCluster(pod_network=True)``): the API server reaches
-  Services (a webhook's) through `kflow.devcluster.network.ServiceProxy`, which routes a
+  Services (a webhook's) through `kflow.dev.cluster.network.ServiceProxy`, which routes a
   ClusterIP to the port a Running Pod behind it listens on.
 
 What it does NOT model: images (the command must be given; ``workingDir`` is used only if it
@@ -55,16 +55,16 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from kflow.devcluster.kubeconfig import ApiEndpoint
-from kflow.devcluster.logserver import LogServer
-from kflow.devcluster.network import PodNetwork, ServiceProxy
-from kflow.devcluster.podrun import PodRunner, now
-from kflow.devcluster.rest import ApiError, Obj, Rest
-from kflow.localpg import Service
+from kflow.dev.cluster.kubeconfig import ApiEndpoint
+from kflow.dev.cluster.logserver import LogServer
+from kflow.dev.cluster.network import PodNetwork, ServiceProxy
+from kflow.dev.cluster.podrun import PodRunner, now
+from kflow.dev.cluster.rest import ApiError, Obj, Rest
+from kflow.dev.postgres import Service
 
 __all__ = ["NodeStandIn"]
 
-log = logging.getLogger("kflow.devcluster.node")
+log = logging.getLogger("kflow.dev.cluster.node")
 _CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
 
 

@@ -6,15 +6,15 @@
 - `node`: `NodeStandIn`, a test-only stand-in for a kubelet that runs Pods as local
   processes.
 
-``python -m kflow.devcluster up|down|status|build`` drives it from a shell
+``python -m kflow.dev.cluster up|down|status|build`` drives it from a shell
 (``scripts/local-cluster.sh`` installs what it needs first). Development tooling only: the
 operator never imports it.
 """
 
-from kflow.devcluster.build import BuildError, K8sBinaries, cache_root, ensure_built
-from kflow.devcluster.cluster import ClusterError, LocalCluster
-from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
-from kflow.devcluster.node import NodeStandIn
+from kflow.dev.cluster.build import BuildError, K8sBinaries, cache_root, ensure_built
+from kflow.dev.cluster.cluster import ClusterError, LocalCluster
+from kflow.dev.cluster.kubeconfig import ApiEndpoint, write_kubeconfig
+from kflow.dev.cluster.node import NodeStandIn
 
 __all__ = [
     "ApiEndpoint",

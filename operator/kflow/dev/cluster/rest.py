@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from kflow.apierrors import ApiError, checked_json
-from kflow.devcluster.kubeconfig import ApiEndpoint
+from kflow.dev.cluster.kubeconfig import ApiEndpoint
 
 __all__ = ["ApiError", "Obj", "Rest"]
 

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kflow.devcluster.kubeconfig import ApiEndpoint, write_kubeconfig
-from kflow.devcluster.rest import ApiError, Obj, Rest
+from kflow.dev.cluster.kubeconfig import ApiEndpoint, write_kubeconfig
+from kflow.dev.cluster.rest import ApiError, Obj, Rest
 
 __all__ = [
     "PodConfigError",

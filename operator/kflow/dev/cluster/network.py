@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kflow.certs import self_signed
-from kflow.devcluster.rest import Obj, Rest
+from kflow.dev.cluster.rest import Obj, Rest
 
 __all__ = ["PodNetwork", "ServiceProxy", "egress_config"]
 

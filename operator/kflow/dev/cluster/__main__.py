@@ -1,4 +1,4 @@
-"""``python -m kflow.devcluster``: build, start, inspect and stop a local cluster.
+"""``python -m kflow.dev.cluster``: build, start, inspect and stop a local cluster.
 
 ``up`` starts the control plane, a node stand-in process and (with ``--postgres``) a
 throw-away PostgreSQL, records them under a name (``$KFLOW_CACHE_DIR/clusters/<name>.json``)
@@ -16,12 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from kflow.devcluster.build import BuildError, cache_root, ensure_built
-from kflow.devcluster.cluster import LocalCluster
-from kflow.devcluster.node import NodeStandIn
-from kflow.devcluster.procs import is_ours, spawn, tail
-from kflow.devcluster.rest import ApiError, Rest
-from kflow.localpg import LocalPostgres
+from kflow.dev.cluster.build import BuildError, cache_root, ensure_built
+from kflow.dev.cluster.cluster import LocalCluster
+from kflow.dev.cluster.node import NodeStandIn
+from kflow.dev.cluster.procs import is_ours, spawn, tail
+from kflow.dev.cluster.rest import ApiError, Rest
+from kflow.dev.postgres import LocalPostgres
 
 NODE_NAME = "kflow-node-stand-in"
 
@@ -69,7 +69,7 @@ def up(args: argparse.Namespace) -> int:
         assert cluster.workdir is not None
         node_log = cluster.workdir / "node.log"
         node = spawn(
-            [sys.executable, "-m", "kflow.devcluster", "node", "--workdir", cluster.workdir],
+            [sys.executable, "-m", "kflow.dev.cluster", "node", "--workdir", cluster.workdir],
             log=node_log,
         )
         cluster.add_process("node", node.pid)
@@ -153,7 +153,7 @@ def node(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kflow.devcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kflow.dev.cluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, fn, text in (
         ("up", up, "start a cluster (binaries are built first if needed)"),
