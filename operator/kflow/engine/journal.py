@@ -140,8 +140,11 @@ class Journal:
     async def write(self, record: StepState) -> None:
         """Store ``record`` (under the lease), then take it into the history."""
         self.guard()
-        store = self.services.store
-        await self.store_call(store.write_step(self.run_id, self.run.lease_epoch, record))
+        try:  # store_call's work, inline: this is every step's path
+            await self.services.store.write_step(self.run_id, self.run.lease_epoch, record)
+        except PersistenceError as exc:
+            self._poison = exc
+            raise
         self.recorded(record)
 
     def recorded(self, record: StepState) -> None:
