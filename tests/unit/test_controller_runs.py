@@ -1,5 +1,5 @@
-"""The controller's bookkeeping rules, pure: which API errors are worth retrying, the
-back-off of kflow's own retries."""
+"""The controller's bookkeeping, pure: which API errors are worth retrying, the back-off
+of kflow's own retries, the pod executor's state machine."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from kflow.apierrors import ApiError as ReExported
 from kflow.apierrors import error_from
+from kflow.controller.pod_states import IllegalTransition, PodEvent, PodSlot, PodState
 from kflow.errors import ApiError, KflowError
 from kflow.retry import backoff
 
@@ -39,3 +40,56 @@ def test_backoff_takes_any_factor_and_any_count() -> None:
     assert [backoff(n, factor=1.5, cap=30.0) for n in (1, 2, 3)] == [2.0, 3.0, 4.5]
     assert backoff(10**6, factor=1.5, cap=30.0) == 30.0  # a count that never resets
     assert backoff(3, first=1.0, factor=3.0, cap=100.0) == 9.0
+
+
+# -- the pod executor's state machine ---------------------------------------------------
+
+IDLE, DISPATCHING, RUNNING, STOPPING = (
+    PodState.IDLE, PodState.DISPATCHING, PodState.RUNNING, PodState.STOPPING,
+)  # fmt: skip
+
+
+def test_a_segment_pod_is_dispatched_runs_and_ends() -> None:
+    slot = PodSlot().step(PodEvent.DISPATCH)
+    assert (slot.state, slot.pod, slot.live) == (DISPATCHING, None, False)
+    slot = slot.step(PodEvent.PLACED, "run-0123abcd-s1")
+    assert (slot.state, slot.pod, slot.live) == (RUNNING, "run-0123abcd-s1", True)
+    assert slot.step(PodEvent.ENDED) == PodSlot()
+
+
+def test_a_dispatch_may_end_without_a_pod() -> None:
+    assert PodSlot().step(PodEvent.DISPATCH).step(PodEvent.ABANDONED) == PodSlot(IDLE)
+
+
+def test_a_cancel_stops_the_running_pod_and_its_end_leaves_the_run_idle() -> None:
+    running = PodSlot(RUNNING, "p")
+    stopping = running.step(PodEvent.CANCEL)
+    assert stopping == PodSlot(STOPPING, "p")
+    assert stopping.step(PodEvent.CANCEL) == stopping  # lease taken, then the Pod killed
+    assert stopping.step(PodEvent.ENDED) == PodSlot(IDLE)
+
+
+@pytest.mark.parametrize(("state", "event"), [
+    (IDLE, PodEvent.PLACED), (IDLE, PodEvent.ABANDONED), (IDLE, PodEvent.CANCEL),
+    (IDLE, PodEvent.ENDED),
+    (DISPATCHING, PodEvent.DISPATCH), (DISPATCHING, PodEvent.CANCEL),
+    (DISPATCHING, PodEvent.ENDED),
+    (RUNNING, PodEvent.DISPATCH), (RUNNING, PodEvent.PLACED), (RUNNING, PodEvent.ABANDONED),
+    (STOPPING, PodEvent.DISPATCH), (STOPPING, PodEvent.PLACED),
+    (STOPPING, PodEvent.ABANDONED),
+])  # fmt: skip
+def test_every_other_transition_is_refused(state: PodState, event: PodEvent) -> None:
+    slot = PodSlot(state, "p" if state in (RUNNING, STOPPING) else None)
+    with pytest.raises(IllegalTransition):
+        slot.step(event, "q" if event is PodEvent.PLACED else None)
+
+
+def test_a_slot_names_a_pod_exactly_when_one_runs() -> None:
+    with pytest.raises(IllegalTransition):
+        PodSlot(RUNNING)
+    with pytest.raises(IllegalTransition):
+        PodSlot(IDLE, "p")
+    with pytest.raises(IllegalTransition):  # placing needs the Pod's name, nothing else does
+        PodSlot(DISPATCHING).step(PodEvent.PLACED)
+    with pytest.raises(IllegalTransition):
+        PodSlot(RUNNING, "p").step(PodEvent.ENDED, "p")
