@@ -27,7 +27,7 @@ ACTIVITIES: list[tuple[str, str]] = [
     ("kopf: processing an event (all of it)", "kopf/_core/reactor/processing.py"),
     ("kopf: its own PATCHes (progress, finalizer, diff-base)", "kopf/_cogs/clients/patching.py"),
     ("kflow handlers (create/event/delete)", "kflow/controller/handlers.py"),
-    ("kflow: engine.start (adopt a new run)", "kflow/controller/runtime.py:adopt"),
+    ("kflow: engine.start (adopt a new run)", "adopt (kflow/controller/adoption.py"),
     ("kflow: segments (engine.run_segment)", "run_segment (kflow/engine.py"),
     ("kflow: status mirror (flush: read run + PATCH)", "flush (kflow/controller/mirror.py"),
     ("kflow: status PATCH over httpx", "kflow/controller/kube.py"),

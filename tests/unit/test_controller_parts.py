@@ -11,7 +11,9 @@ from typing import Any
 from kflow import RunStatus, StepState, StepStatus, VirtualClock
 from kflow.clock import SystemClock
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
-from kflow.controller.mirror import RunRef, StatusMirror
+from kflow.controller.bodies import run_status
+from kflow.controller.mirror import StatusMirror
+from kflow.controller.runs import RunRef
 from kflow.controller.status import build_status
 from kflow.controller.timers import TimerWheel
 from kflow.models import RunRecord, StepKind, SuspendKind
@@ -228,7 +230,8 @@ async def test_mirror_starts_from_the_live_status_and_keeps_little_of_finished_r
     live = build_status(_run(status=RunStatus.WAITING), [], [], now=NOW, generation=None)
 
     # Adopted after a restart: the live status is current, so nothing is written.
-    mirror.seed(run_id, live.model_dump(mode="json", by_alias=True, exclude_none=True))
+    body = {"status": live.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    mirror.seed(run_id, run_status(body))  # as the handler reads it from the watch
     mirror.touch(run_id, urgent=True)
     await asyncio.sleep(0.05)
     assert fake.patched == []

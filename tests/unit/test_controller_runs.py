@@ -1,13 +1,17 @@
 """The controller's bookkeeping, pure: which API errors are worth retrying, the back-off
-of kflow's own retries, the pod executor's state machine."""
+of kflow's own retries, the pod executor's state machine, a run's record and its timers."""
 
 from __future__ import annotations
+
+import asyncio
+import uuid
 
 import pytest
 
 from kflow.apierrors import ApiError as ReExported
 from kflow.apierrors import error_from
 from kflow.controller.pod_states import IllegalTransition, PodEvent, PodSlot, PodState
+from kflow.controller.runs import Purpose, RunRef, TimerKey, TrackedRun
 from kflow.errors import ApiError, KflowError
 from kflow.retry import backoff
 
@@ -93,3 +97,38 @@ def test_a_slot_names_a_pod_exactly_when_one_runs() -> None:
         PodSlot(DISPATCHING).step(PodEvent.PLACED)
     with pytest.raises(IllegalTransition):
         PodSlot(RUNNING, "p").step(PodEvent.ENDED, "p")
+
+
+# -- the run's record: its timers -------------------------------------------------------
+
+REF = RunRef(namespace="ns", name="r", uid=str(uuid.UUID(int=7)))
+
+
+async def test_a_record_keeps_one_timer_per_key_and_drops_it_when_it_fires() -> None:
+    record = TrackedRun(REF)
+    fired: list[str] = []
+    key = TimerKey(Purpose.ANNOTATIONS)
+    record.arm(key, 10.0, lambda: fired.append("first"))
+    record.arm(key, 0.0, lambda: fired.append("second"))  # replaces the first
+    assert record.armed(key)
+    await asyncio.sleep(0.01)
+    assert fired == ["second"] and not record.armed(key)
+    assert record.run_id == uuid.UUID(int=7) and not record.adopted
+
+
+async def test_closing_a_record_cancels_every_timer_and_a_pods_timers_go_with_it() -> None:
+    record = TrackedRun(REF)
+    fired: list[TimerKey] = []
+    keys = [
+        TimerKey(Purpose.ADOPTION),
+        TimerKey(Purpose.POD_START, "p1"),
+        TimerKey(Purpose.POD_GONE, "p1"),
+        TimerKey(Purpose.POD_START, "p2"),
+    ]
+    for key in keys:
+        record.arm(key, 0.0, lambda key=key: fired.append(key))
+    record.disarm_pod("p1")
+    assert set(record.timers) == {keys[0], keys[3]}
+    record.close()
+    await asyncio.sleep(0.01)
+    assert fired == [] and record.timers == {}

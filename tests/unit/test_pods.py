@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from kflow.controller.catalog import Catalog, Placement
-from kflow.controller.mirror import RunRef
 from kflow.controller.pod_manifest import (
     RUN_LABEL,
     SEGMENT_LABEL,
@@ -18,6 +17,7 @@ from kflow.controller.pod_manifest import (
     pod_started,
     segment_pod,
 )
+from kflow.controller.runs import RunRef
 from kflow.resources import PodTemplate, WorkflowSpec
 
 REF = RunRef(namespace="shop", name="Order_42.Very-Long-" + "x" * 80, uid="0123abcd-ffff-4444")

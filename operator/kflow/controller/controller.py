@@ -1,11 +1,14 @@
 """`Controller`: what the operator does with WorkflowRuns, below the kopf handlers.
 
-Handlers parse bodies and call one method here. The controller binds each WorkflowRun to
-a run (its id is the object's uid, so creation is idempotent), hands each segment to the
-executor its `Workflow` resource chooses (inline, or a Pod per segment), parks sleeping
-runs in the timer wheel, delivers annotation events and actions, mirrors status (also
-from runners' progress notifications), and posts Kubernetes Events on phase changes,
-refusals and failing segment Pods.
+Handlers parse bodies and call one method here. The controller keeps one record per
+WorkflowRun (`kflow.controller.runs.TrackedRun`), binds each to a run (its id is the
+object's uid, so creation is idempotent: `kflow.controller.adoption`), hands each segment
+to the executor its `Workflow` resource chooses (inline, or a Pod per segment), parks
+sleeping runs in the timer wheel, delivers annotation events and actions
+(`kflow.controller.delivery`), mirrors status (also from runners' progress
+notifications), deletes finished WorkflowRuns whose TTL passed, and posts Kubernetes
+Events on phase changes, refusals and failing segment Pods. `Controller.forget` is the
+one place a run is dropped.
 """
 
 from __future__ import annotations
@@ -14,28 +17,27 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
-
-from pydantic import ValidationError
+from datetime import timedelta
 
 from kflow.clock import Clock
 from kflow.controller.adoption import Adoption
+from kflow.controller.bodies import Invalid, WorkflowObject, workflow_object
 from kflow.controller.catalog import Catalog
-from kflow.controller.delivery import RETRY_AFTER, Annotations
+from kflow.controller.delivery import AnnotationDelivery
+from kflow.controller.expiry import Expiry
 from kflow.controller.inline_executor import InlineExecutor
 from kflow.controller.kube import KubeApi
 from kflow.controller.metrics import Metrics
-from kflow.controller.mirror import RunRef, StatusMirror
-from kflow.controller.pod_executor import Placement, PodExecutor
+from kflow.controller.mirror import StatusMirror
+from kflow.controller.pod_executor import PodExecutor
+from kflow.controller.pod_states import PodState
+from kflow.controller.runs import RunRef, TrackedRun
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
 from kflow.engine import Engine
-from kflow.errors import ApiError, RunNotFound, TransientError
+from kflow.errors import RunNotFound, TransientError
 from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
-from kflow.resources import ExecutorView, WorkflowRunSpec, WorkflowSpec
-from kflow.serde import describe_validation_error
+from kflow.resources import ExecutorView, WorkflowRunSpec, WorkflowRunStatus
 from kflow.settings import OperatorSettings
 
 __all__ = ["Controller"]
@@ -44,30 +46,17 @@ log = logging.getLogger(__name__)
 
 _NORMAL = {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.CANCELLED_BY_OPERATOR}
 
-
-@dataclass
-class Tracked:
-    """What the controller keeps of a run it adopted."""
-
-    ref: RunRef
-    workflow: str
-    version: int | None
-    phase: RunStatus
-    event_at: float | None = None
-    """When an event that wakes the run was stored (monotonic; the latency metric)."""
-    problem: str | None = None
-    """The last segment Pod failure, shown on the status until a segment goes through."""
-    ttl: timedelta | None = None
-    """How long after the run finished its WorkflowRun is deleted (None: kept)."""
-
-
 QUEUED_STATUS_AFTER = 5.0
 """Seconds after adoption by which an inline run's first status is written even if it has
 recorded nothing yet (it waits for a free slot). A started run records a step within
 100 ms (`RUNNING_AFTER`), which brings its first status to one status interval."""
 
+Executor = InlineExecutor | PodExecutor
+
 
 class Controller:
+    """Satisfies `kflow.controller.control.RunControl` for adoption and delivery."""
+
     def __init__(
         self,
         *,
@@ -83,42 +72,35 @@ class Controller:
         self._kube = kube
         self._clock = clock
         self._settings = settings
-        self._runs: dict[uuid.UUID, Tracked] = {}
-        """The runs adopted, until their WorkflowRun is deleted."""
-        self.timers = TimerWheel(clock, fire=self._wake)
+        self._runs: dict[uuid.UUID, TrackedRun] = {}
+        """A record per WorkflowRun known, from its first adoption attempt to `forget`."""
+        self.timers = TimerWheel(clock, fire=self.submit)
         self.timers.lateness = self.metrics.timer_lateness.observe
-        self.expiry = TimerWheel(clock, fire=self._expire)
-        """When finished runs' WorkflowRuns are deleted (their TTL)."""
         self.catalog = Catalog(settings.default_executor)
         self.inline = InlineExecutor(
-            engine,
-            concurrency=settings.concurrency,
-            on_outcome=self._outcome,
-            retry_at=self.timers.schedule,
-        )
+            engine, runs=self._runs, concurrency=settings.concurrency,
+            on_outcome=self._outcome, retry_at=self.timers.schedule,
+        )  # fmt: skip
         self.pods = PodExecutor(
-            engine=engine,
-            kube=kube,
-            settings=settings,
-            placement=self._pod_placement,
-            on_outcome=self._outcome,
-            on_problem=self._pod_problem,
-            retry_at=self.timers.schedule,
-        )
+            engine=engine, kube=kube, settings=settings, runs=self._runs,
+            catalog=self.catalog, on_outcome=self._outcome,
+            on_problem=self._pod_problem, retry_at=self.timers.schedule,
+        )  # fmt: skip
         self.mirror = StatusMirror(
-            engine=engine,
-            kube=kube,
-            clock=clock,
-            interval=settings.status_interval,
-            ref=self._ref,
-            executor=self._executor_view,
-            on_rejected=self._payload_rejected,
+            engine=engine, kube=kube, clock=clock, interval=settings.status_interval,
+            ref=self._ref, executor=self._executor_view, on_rejected=self._payload_rejected,
             max_steps=settings.max_status_steps,
             max_output_bytes=settings.max_status_output_bytes,
-        )
+        )  # fmt: skip
         self.background = Background("controller")
-        self._annotations = Annotations(self)
-        self._adoption = Adoption(self)
+        self.expiry = Expiry(
+            clock=clock, kube=kube, finished=self._finished, warn=self.warn,
+            background=self.background,
+        )  # fmt: skip
+        self._delivery = AnnotationDelivery(
+            self, kube=kube, max_event_bytes=settings.max_event_bytes
+        )
+        self._adoption = Adoption(self, kube=kube, redeliver=self._delivery.retry)
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
@@ -126,67 +108,102 @@ class Controller:
             group.create_task(self.timers.run())
             group.create_task(self.expiry.run())
 
-    def _wake(self, run_id: uuid.UUID) -> None:
-        self._submit(run_id)
+    # -- records ------------------------------------------------------------------------
 
-    def _ref(self, run_id: uuid.UUID) -> RunRef | None:
-        tracked = self._runs.get(run_id)
-        return None if tracked is None else tracked.ref
+    def record(self, run_id: uuid.UUID) -> TrackedRun | None:
+        return self._runs.get(run_id)
 
-    def _executor(self, run_id: uuid.UUID) -> InlineExecutor | PodExecutor:
-        tracked = self._runs.get(run_id)
-        if tracked is None:
-            return self.inline
-        placement = self.catalog.placement(tracked.ref.namespace, tracked.workflow, tracked.version)
+    def enter(self, ref: RunRef) -> TrackedRun:
+        record = self._runs.get(ref.run_id)
+        if record is None:
+            record = self._runs[ref.run_id] = TrackedRun(ref)
+        return record
+
+    def _tracked(self, run_id: uuid.UUID) -> TrackedRun | None:
+        """The run's record if the run is adopted."""
+        record = self._runs.get(run_id)
+        return record if record is not None and record.adopted else None
+
+    def _finished(self, run_id: uuid.UUID) -> RunRef | None:
+        """The WorkflowRun of a tracked run that is finished now (it may expire)."""
+        record = self._tracked(run_id)
+        if record is None or record.phase is None or not record.phase.is_terminal:
+            return None
+        return record.ref
+
+    def forget(self, run_id: uuid.UUID) -> None:
+        """Drop the run (its WorkflowRun is gone): the one place this happens. Its record
+        goes with the timers it owns, and the mirror and timer wheels let go of it; work
+        in flight finds the record gone and stops."""
+        record = self._runs.pop(run_id, None)
+        self.timers.cancel(run_id)
+        self.expiry.cancel(run_id)
+        self.mirror.forget(run_id)
+        if record is None:
+            return
+        record.close()
+        if record.phase is not None:
+            self.metrics.forgotten(record.phase)
+
+    def adopted(self, ref: RunRef) -> bool:
+        return self._tracked(ref.run_id) is not None
+
+    def knows(self, ref: RunRef) -> bool:
+        """Adopted, refused, or being adopted (perhaps again later): nothing to do on a new
+        event."""
+        return ref.run_id in self._runs
+
+    # -- executors ----------------------------------------------------------------------
+
+    def _executor(self, record: TrackedRun) -> Executor:
+        placement = self.catalog.placement(record.ref.namespace, record.workflow, record.version)
         return self.pods if placement.executor == "pod" else self.inline
 
-    def _submit(self, run_id: uuid.UUID, *, steal: bool = False) -> InlineExecutor | PodExecutor:
-        executor = self._executor(run_id)
-        executor.submit(run_id, steal=steal)
-        return executor
+    def in_pods(self, run_id: uuid.UUID) -> bool:
+        record = self._tracked(run_id)
+        return record is not None and self._executor(record) is self.pods
 
-    async def _pod_placement(self, run_id: uuid.UUID) -> Placement:
-        """The WorkflowRun and pod template of the run's next segment Pod (read from the
-        store each time: the runner binds the run's version on its first segment)."""
-        tracked = self._runs.get(run_id)
-        if tracked is None:
+    def submit(self, run_id: uuid.UUID) -> None:
+        self._submit(run_id)
+
+    def _submit(self, run_id: uuid.UUID, *, steal: bool = False) -> Executor | None:
+        """Hand the run to its executor (a run not tracked, or no more, goes nowhere)."""
+        record = self._tracked(run_id)
+        if record is None:
             return None
-        try:
-            run = await self.engine.get_run(run_id)
-        except RunNotFound:
-            return None
-        tracked.version = run.workflow_version
-        ref = tracked.ref
-        placement = self.catalog.placement(ref.namespace, run.workflow_name, run.workflow_version)
-        if placement.problem is not None or placement.template is None:
-            return placement.problem or "no pod template"
-        if not self._settings.runner_dsn_secret:
-            return "the pod executor is off: the operator has no KFLOW_RUNNER_DSN_SECRET"
-        return ref, placement.template
+        executor = self._executor(record)
+        executor.submit(record, steal=steal)
+        return executor
 
     async def _pod_problem(self, run_id: uuid.UUID, reason: str, message: str) -> None:
         self.metrics.pod_problems.labels(reason).inc()
-        tracked = self._runs.get(run_id)
-        if tracked is None or tracked.problem == message:
+        record = self._tracked(run_id)
+        if record is None or record.problem == message:
             return  # gone, or said already (a finalizer polling a run nothing can undo, say)
-        tracked.problem = message
+        record.problem = message
         self.mirror.touch(run_id)
-        await self._event(tracked.ref, "Warning", reason, message)
+        await self.warn(record.ref, reason, message)
+
+    # -- status -------------------------------------------------------------------------
+
+    def _ref(self, run_id: uuid.UUID) -> RunRef | None:
+        record = self._tracked(run_id)
+        return None if record is None else record.ref
 
     async def _payload_rejected(self, run_id: uuid.UUID, name: str, reason: str) -> None:
         ref = self._ref(run_id)
         if ref is not None:
-            await self._event(ref, "Warning", "EventRejected", f"{name}: {reason}")
+            await self.warn(ref, "EventRejected", f"{name}: {reason}")
 
     def _executor_view(self, run_id: uuid.UUID) -> ExecutorView | None:
-        tracked = self._runs.get(run_id)
-        if tracked is None or self._executor(run_id) is self.inline:
+        record = self._tracked(run_id)
+        if record is None or self._executor(record) is self.inline:
             return None
-        return ExecutorView(kind="pod", pod=self.pods.pod_of(run_id), message=tracked.problem)
+        return ExecutorView(kind="pod", pod=record.pod.pod, message=record.problem)
 
     def progress(self, run_id: uuid.UUID) -> None:
         """A runner announced a record of the run (PostgreSQL NOTIFY): mirror it."""
-        if run_id in self._runs:
+        if self._tracked(run_id) is not None:
             self.mirror.touch(run_id)
 
     def progress_reconnected(self) -> None:
@@ -194,87 +211,77 @@ class Controller:
         for run_id in self.pods.running():
             self.progress(run_id)
 
+    def recorded(self, run_id: uuid.UUID, step: StepState) -> None:
+        """A segment stored a record: mirror it, and count it."""
+        self.mirror.touch(run_id)
+        record = self._runs.get(run_id)
+        self.metrics.step_recorded(record.workflow if record else "", step)
+
     # -- Workflow resources ------------------------------------------------------------
 
     async def load_workflows(self) -> None:
         """Read the `Workflow` objects before any run is adopted: a run must not start
         inline for want of the object that sends it to a Pod."""
         for body in await self._kube.list_workflows(self._settings.namespaces):
-            self.workflow_seen(body)
+            self.workflow_seen(workflow_object(body))
 
-    def workflow_seen(self, body: dict[str, Any], *, deleted: bool = False) -> None:
-        """A `Workflow` resource was created, changed or deleted. Runs that were blocked
-        for want of it, or of its code, are tried again."""
-        meta = body["metadata"]
-        uid = meta["uid"]
-        if deleted:
-            self.catalog.remove(uid)
+    def workflow_seen(self, seen: WorkflowObject) -> None:
+        """A `Workflow` resource was created or changed. Runs that were blocked for want
+        of it, or of its code, are tried again."""
+        if isinstance(seen.spec, Invalid):
+            log.error("ignoring Workflow %s/%s: %s", seen.namespace, seen.name, seen.spec.message)
+            self.catalog.remove(seen.uid)
             return
-        try:
-            spec = WorkflowSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:  # the CRD's schema lets little through
-            log.error(
-                "ignoring Workflow %s/%s: %s",
-                meta.get("namespace"), meta["name"], describe_validation_error(exc),
-            )  # fmt: skip
-            self.catalog.remove(uid)
-            return
-        self.catalog.put(uid, meta["namespace"], spec)
-        for run_id, tracked in list(self._runs.items()):
-            if tracked.ref.namespace != meta["namespace"] or tracked.workflow != spec.workflow:
+        self.catalog.put(seen.uid, seen.namespace, seen.spec)
+        for record in list(self._runs.values()):
+            if record.phase is None or record.ref.namespace != seen.namespace:
                 continue
-            if tracked.phase.is_blocked or (
-                tracked.phase == RunStatus.COMPENSATING and run_id not in self.pods.running()
+            if record.workflow != seen.spec.workflow:
+                continue
+            if record.phase.is_blocked or (
+                record.phase == RunStatus.COMPENSATING and record.pod.state is PodState.IDLE
             ):
-                self._submit(run_id)
+                self.submit(record.run_id)
 
-    def recorded(self, run_id: uuid.UUID, step: StepState) -> None:
-        """A segment stored a record: mirror it, and count it."""
-        self.mirror.touch(run_id)
-        tracked = self._runs.get(run_id)
-        self.metrics.step_recorded(tracked.workflow if tracked else "", step)
+    def workflow_deleted(self, uid: str) -> None:
+        self.catalog.remove(uid)
 
     # -- WorkflowRun lifecycle -----------------------------------------------------
 
     async def adopt(
-        self,
-        ref: RunRef,
-        raw_spec: dict[str, Any],
-        *,
-        status: dict[str, Any] | None = None,
-        resumed: bool,
-    ) -> None:
+        self, ref: RunRef, spec: WorkflowRunSpec | Invalid, *,
+        status: WorkflowRunStatus | None, resumed: bool,
+    ) -> None:  # fmt: skip
         """A WorkflowRun exists (created, or seen again after a restart): make sure its
         run exists and is moving, or report why it cannot (`kflow.controller.adoption`).
         ``resumed``: a previous operator may have died mid-run; ``status`` is the
         object's (a previous operator wrote it)."""
-        await self._adoption.adopt(ref, raw_spec, status=status, resumed=resumed)
+        await self._adoption.adopt(ref, spec, status=status, resumed=resumed)
 
-    def _begin(
-        self, ref: RunRef, run: RunRecord, spec: WorkflowRunSpec, status: dict[str, Any] | None,
-        *, resumed: bool,
+    def begin(
+        self, record: TrackedRun, run: RunRecord, spec: WorkflowRunSpec,
+        status: WorkflowRunStatus | None, *, resumed: bool,
     ) -> None:  # fmt: skip
         """Track an adopted run and set it moving."""
-        run_id = run.run_id
-        ttl = spec.ttl_seconds_after_finished
-        self._track(ref, run, ttl=self._settings.run_ttl if ttl is None else timedelta(seconds=ttl))
-        self.mirror.seed(run_id, status)
+        seconds = spec.ttl_seconds_after_finished
+        ttl = self._settings.run_ttl if seconds is None else timedelta(seconds=seconds)
+        self._track(record, run, ttl=ttl)
+        self.mirror.seed(run.run_id, status)
         if run.status.is_terminal:
-            self._expire_after(run_id, run.completed_at or self._clock.now())
+            self.expiry.after(record, run.completed_at or self._clock.now())
         queued = self._continue(run, steal=resumed) is self.inline
         # A run the inline executor starts soon shows with its first records or its end:
         # one status PATCH for a fast run, not one more for the queue.
-        self.mirror.touch(run_id, within=QUEUED_STATUS_AFTER if queued else None)
+        self.mirror.touch(run.run_id, within=QUEUED_STATUS_AFTER if queued else None)
 
-    def _track(self, ref: RunRef, run: RunRecord, *, ttl: timedelta | None = None) -> None:
-        before = self._runs.get(run.run_id)
-        self._runs[run.run_id] = Tracked(
-            ref, run.workflow_name, run.workflow_version, run.status, ttl=ttl
-        )
-        if before is None or before.phase != run.status:
-            self.metrics.phase_changed(before.phase if before else None, run.status)
+    def _track(self, record: TrackedRun, run: RunRecord, *, ttl: timedelta | None = None) -> None:
+        before = record.phase
+        record.workflow, record.version = run.workflow_name, run.workflow_version
+        record.phase, record.ttl = run.status, ttl
+        if before != run.status:
+            self.metrics.phase_changed(before, run.status)
 
-    def _continue(self, run: RunRecord, *, steal: bool) -> InlineExecutor | PodExecutor | None:
+    def _continue(self, run: RunRecord, *, steal: bool) -> Executor | None:
         """Submit the run if it can move; the executor it went to."""
         if run.status.is_terminal:
             return None
@@ -289,105 +296,84 @@ class Controller:
     async def delete(self, ref: RunRef) -> bool:
         """The WorkflowRun is being deleted: cancel its run first if it is active. False
         while a segment Pod still undoes the run (ask again later)."""
-        run_id = uuid.UUID(ref.uid)
+        run_id = ref.run_id
         try:
             try:
                 run: RunRecord | None = await self.engine.get_run(run_id)
             except RunNotFound:
                 run = None
             if run is not None and not run.status.is_terminal:
-                if run_id not in self._runs:  # kopf resumes no object already being deleted
-                    self._track(ref, run)
-                if self._executor(run_id) is self.pods:
+                record = self.enter(ref)
+                if not record.adopted:  # kopf resumes no object already being deleted
+                    self._track(record, run)
+                if self.in_pods(run_id):
                     if run.status != RunStatus.COMPENSATING:
-                        await self._cancel(run_id, "the WorkflowRun was deleted")
-                    elif self.pods.pod_of(run_id) is None:
-                        self._submit(run_id)  # e.g. after a restart: nothing undoes it yet
+                        await self.cancel(run_id, "the WorkflowRun was deleted")
+                    elif record.pod.pod is None:
+                        self.submit(run_id)  # e.g. after a restart: nothing undoes it yet
                     return False
-                await self._cancel(run_id, "the WorkflowRun was deleted")
+                await self.cancel(run_id, "the WorkflowRun was deleted")
         except TransientError as exc:
-            await self._event(
-                ref, "Warning", "DeletionDelayed",
+            await self.warn(
+                ref, "DeletionDelayed",
                 f"the run must be cancelled before its WorkflowRun goes; retrying: {exc}",
             )  # fmt: skip
             raise
-        self.timers.cancel(run_id)
-        self.expiry.cancel(run_id)
-        self.mirror.forget(run_id)
-        self._annotations.forget(ref.uid)
-        self._adoption.forget(ref.uid)
-        self.pods.forget(run_id)
-        tracked = self._runs.pop(run_id, None)
-        if tracked is not None:
-            self.metrics.forgotten(tracked.phase)
+        self.forget(run_id)
         return True
 
-    async def _cancel(self, run_id: uuid.UUID, reason: str) -> SegmentOutcome:
+    async def cancel(self, run_id: uuid.UUID, reason: str) -> SegmentOutcome:
         """Cancel the run: inline, compensations run now; in Pods, the running segment Pod
         is stopped (the lease taken from it first) and the next Pod compensates."""
-        in_pods = self._executor(run_id) is self.pods
-        if in_pods:
-            self.pods.cancelling(run_id)
-        else:
-            await self.inline.kill(run_id)
+        record = self._tracked(run_id)
+        in_pods = record is not None and self._executor(record) is self.pods
+        if record is not None:
+            if in_pods:
+                self.pods.cancelling(record)
+            else:
+                await self.inline.kill(record)
         outcome = await self.engine.cancel(run_id, reason, compensate=not in_pods)
-        if in_pods:
-            await self.pods.kill(run_id)
-        self.timers.cancel(run_id)
-        await self._outcome(outcome)
+        if record is not None and in_pods:
+            await self.pods.kill(record)
+        await self.settle(outcome)
         return outcome
+
+    async def settle(self, outcome: SegmentOutcome) -> None:
+        self.timers.cancel(outcome.run_id)
+        await self._outcome(outcome)
 
     async def _outcome(self, outcome: SegmentOutcome) -> None:
         run_id = outcome.run_id
         self.mirror.touch(run_id, urgent=True)
         if outcome.ready_at is not None:
             if outcome.ready_at <= self._clock.now():
-                self._submit(run_id)
+                self.submit(run_id)
             else:
                 self.timers.schedule(run_id, outcome.ready_at)
         self.metrics.segments.labels(outcome.status.value).inc()
-        tracked = self._runs.get(run_id)
-        if tracked is None:  # its WorkflowRun was deleted meanwhile
+        record = self._tracked(run_id)
+        if record is None:  # its WorkflowRun was deleted meanwhile
             return
         if not (outcome.status == RunStatus.FAILED or outcome.status.is_blocked):
-            tracked.problem = None  # a segment went through
-        if tracked.event_at is not None:
-            self.metrics.event_to_resume.observe(time.monotonic() - tracked.event_at)
-            tracked.event_at = None
-        before, tracked.phase = tracked.phase, outcome.status
+            record.problem = None  # a segment went through
+        if record.event_at is not None:
+            self.metrics.event_to_resume.observe(time.monotonic() - record.event_at)
+            record.event_at = None
+        before, record.phase = record.phase, outcome.status
         if before == outcome.status:
             return
         self.metrics.phase_changed(before, outcome.status)
         if outcome.status.is_terminal:
-            self._expire_after(run_id, self._clock.now())
+            self.expiry.after(record, self._clock.now())
         if outcome.status.is_terminal or outcome.status.is_blocked:
             kind = "Normal" if outcome.status in _NORMAL else "Warning"
             message = outcome.error or f"run {outcome.status.value}"
-            await self._event(tracked.ref, kind, outcome.status.value, message)
+            await self._event(record.ref, kind, outcome.status.value, message)
 
-    def _expire_after(self, run_id: uuid.UUID, finished_at: datetime) -> None:
-        tracked = self._runs.get(run_id)
-        if tracked is not None and tracked.ttl is not None:
-            self.expiry.schedule(run_id, finished_at + tracked.ttl)
+    # -- Events, annotations ------------------------------------------------------------
 
-    def _expire(self, run_id: uuid.UUID) -> None:
-        """A finished run's TTL passed: delete its WorkflowRun (the deletion goes through
-        the finalizer as any other; a run retried since is not finished any more)."""
-        tracked = self._runs.get(run_id)
-        if tracked is not None and tracked.phase.is_terminal:
-            self.background.spawn(self._delete_expired(run_id, tracked.ref))
-
-    async def _delete_expired(self, run_id: uuid.UUID, ref: RunRef) -> None:
-        try:
-            await self._kube.delete_run(ref.namespace, ref.name, uid=ref.uid)
-        except (ApiError, OSError) as exc:
-            # Refused for good (e.g. no right to delete): asking again cannot help.
-            if isinstance(exc, ApiError) and exc.permanent:
-                log.error("cannot delete expired %s/%s: %s", ref.namespace, ref.name, exc)
-                await self._event(ref, "Warning", "ExpiryFailed", f"not deleted: {exc}")
-                return
-            log.warning("cannot delete expired %s/%s yet: %s", ref.namespace, ref.name, exc)
-            self.expiry.schedule(run_id, self._clock.now() + timedelta(seconds=RETRY_AFTER))
+    async def warn(self, ref: RunRef, reason: str, message: str) -> None:
+        await self._event(ref, "Warning", reason, message)
 
     async def _event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
         try:
@@ -400,19 +386,7 @@ class Controller:
                 "could not post Event %s on %s/%s: %s", reason, ref.namespace, ref.name, exc
             )
 
-    # -- annotations (kflow.controller.delivery) -------------------------------------
-
     async def annotations(self, ref: RunRef, annotations: dict[str, str]) -> None:
-        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones."""
-        await self._annotations.handle(ref, annotations)
-
-    def adopted(self, ref: RunRef) -> bool:
-        return uuid.UUID(ref.uid) in self._runs
-
-    def tracked(self, run_id: uuid.UUID) -> Tracked | None:
-        return self._runs.get(run_id)
-
-    def knows(self, ref: RunRef) -> bool:
-        """Adopted, refused, or about to be adopted again: nothing to do on a new event."""
-        uid = ref.uid
-        return uuid.UUID(uid) in self._runs or self._adoption.pending(uid)
+        """Deliver ``event.kflow.io/*`` annotations and act on ``kflow.io/*`` ones
+        (`kflow.controller.delivery`)."""
+        await self._delivery.handle(ref, annotations)

@@ -1,4 +1,5 @@
-"""The kopf handlers: parse the body, call the `Controller`, nothing else.
+"""The kopf handlers: parse the body (`kflow.controller.bodies`), call the `Controller`,
+nothing else. No raw body goes further.
 
 Registered on a `kopf.OperatorRegistry` of their own (no import-time global state). The
 controller reaches them through kopf's ``memo``.
@@ -11,10 +12,15 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
+from kflow.controller.bodies import (
+    kflow_annotations,
+    run_ref,
+    run_spec,
+    run_status,
+    workflow_object,
+)
 from kflow.controller.controller import Controller
-from kflow.controller.mirror import RunRef
-from kflow.controller.pod_manifest import RUN_LABEL
+from kflow.controller.pod_manifest import RUN_LABEL, read_pod
 from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
 from kflow.retry import backoff
@@ -23,18 +29,6 @@ from kflow.serde import describe_validation_error
 __all__ = ["FINALIZER", "build_registry"]
 
 FINALIZER = "kflow.io/finalizer"
-
-
-def _ref(body: kopf.Body) -> RunRef:
-    meta = body["metadata"]
-    return RunRef(
-        namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-        generation=meta.get("generation"),
-    )  # fmt: skip
-
-
-def _ours(annotations: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in annotations.items() if k.startswith(EVENT_PREFIX) or k in ACTIONS}
 
 
 def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
@@ -60,18 +54,17 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         if event["type"] == "DELETED":
             return
         controller: Controller = memo["controller"]
-        body = kopf.Body(event["object"])
-        meta = body.metadata
-        ref = _ref(body)
+        body = event["object"]
+        meta = body["metadata"]
+        ref = run_ref(body)
         if not controller.knows(ref) and not meta.get("deletionTimestamp"):
             if FINALIZER not in (meta.get("finalizers") or []):
                 return  # not before the finalizer: deleting it must cancel the run first
             # Listed at start (type None): a previous operator may have died mid-run.
             await controller.adopt(
-                ref, dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
-                resumed=event["type"] is None,
-            )  # fmt: skip
-        ours = _ours(dict(meta.get("annotations") or {}))
+                ref, run_spec(body), status=run_status(body), resumed=event["type"] is None
+            )
+        ours = kflow_annotations(body)
         if ours and controller.adopted(ref):
             await controller.annotations(ref, ours)
 
@@ -82,7 +75,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         # run nothing can undo yet (no template, the database away) is not polled hot.
         delay = backoff(retry + 1, factor=1.5, cap=30.0)  # kopf counts retries from 0
         try:
-            done = await controller.delete(_ref(body))
+            done = await controller.delete(run_ref(body))
         except TransientError as exc:
             raise kopf.TemporaryError(
                 f"cannot cancel the run before deletion, retrying: {exc}", delay=delay
@@ -94,12 +87,15 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
     async def workflow(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
-        controller.workflow_seen(dict(event["object"]), deleted=event["type"] == "DELETED")
+        if event["type"] == "DELETED":
+            controller.workflow_deleted(event["object"]["metadata"]["uid"])
+        else:
+            controller.workflow_seen(workflow_object(event["object"]))
 
     @kopf.on.event("v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     async def pod(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
-        controller.pods.pod_event(event["type"], dict(event["object"]))
+        controller.pods.pod_event(read_pod(event["object"], deleted=event["type"] == "DELETED"))
 
     def validate(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]

@@ -4,7 +4,8 @@ One segment per run at a time: a run submitted while its segment runs is run aga
 after. What a segment leaves behind goes to ``on_outcome``; failures that leave the run
 intact (the store is down, another executor holds the lease) are retried with backoff
 through ``retry_at``. A segment superseded by a takeover (a cancel took the lease) ends
-quietly: whoever took over reports the run.
+quietly: whoever took over reports the run. The state of each run (its task, whether it
+runs again, the steal flag and failure count) is on the run's record.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
+from kflow.controller.runs import TrackedRun
 from kflow.engine import Engine
 from kflow.errors import LeaseHeld, LeaseLost, RunNotFound, TransientError
 from kflow.models import SegmentOutcome
@@ -30,40 +32,44 @@ class InlineExecutor:
         self,
         engine: Engine,
         *,
+        runs: Mapping[uuid.UUID, TrackedRun],
         concurrency: int,
         on_outcome: Callable[[SegmentOutcome], Awaitable[None]],
         retry_at: Callable[[uuid.UUID, datetime], None],
     ) -> None:
         self._engine = engine
+        self._runs = runs
+        """The controller's records: a run missing from it (or replaced) is forgotten."""
         self._slots = asyncio.Semaphore(concurrency)
         self._on_outcome = on_outcome
         self._retry_at = retry_at
-        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._again: set[uuid.UUID] = set()
-        self._steal: set[uuid.UUID] = set()
-        self._failures: dict[uuid.UUID, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        """The segments running now (those of forgotten runs too, until they end)."""
 
-    def submit(self, run_id: uuid.UUID, *, steal: bool = False) -> None:
+    def submit(self, run: TrackedRun, *, steal: bool = False) -> None:
         """Advance the run soon. ``steal`` takes over a lease left by a dead operator."""
         if steal:
-            self._steal.add(run_id)
-        if run_id in self._running:
-            self._again.add(run_id)
+            run.steal = True
+        if run.segment is not None:
+            run.again = True
             return
-        task = asyncio.create_task(self._segment(run_id), name=f"kflow-segment-{run_id}")
-        self._running[run_id] = task
-        task.add_done_callback(lambda _: self._done(run_id))
+        task = asyncio.create_task(self._segment(run), name=f"kflow-segment-{run.run_id}")
+        run.segment = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda _: self._done(run, task))
 
-    def _done(self, run_id: uuid.UUID) -> None:
-        self._running.pop(run_id, None)
-        if run_id in self._again:
-            self._again.discard(run_id)
-            self.submit(run_id)
+    def _done(self, run: TrackedRun, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        run.segment = None
+        if run.again:
+            run.again = False
+            if self._runs.get(run.run_id) is run:  # not forgotten meanwhile
+                self.submit(run)
 
-    async def _segment(self, run_id: uuid.UUID) -> None:
+    async def _segment(self, run: TrackedRun) -> None:
+        run_id = run.run_id
         async with self._slots:
-            steal = run_id in self._steal
-            self._steal.discard(run_id)
+            steal, run.steal = run.steal, False
             try:
                 outcome = await self._engine.run_segment(run_id, steal=steal)
             except LeaseLost:
@@ -73,36 +79,31 @@ class InlineExecutor:
                 log.warning("run %s no longer exists", run_id)
                 return
             except (LeaseHeld, TransientError) as exc:
-                self._back_off(run_id, f"{type(exc).__name__}: {exc}")
+                self._back_off(run, f"{type(exc).__name__}: {exc}")
                 return
             except Exception:
                 log.exception("run %s: the segment failed unexpectedly", run_id)
-                self._back_off(run_id, "unexpected error")
+                self._back_off(run, "unexpected error")
                 return
-            self._failures.pop(run_id, None)
+            run.failures = 0
         await self._on_outcome(outcome)
 
-    def _back_off(self, run_id: uuid.UUID, why: str) -> None:
-        failures = self._failures.get(run_id, 0) + 1
-        self._failures[run_id] = failures
-        delay = backoff(failures)
-        log.warning("run %s: %s; trying again in %.0fs", run_id, why, delay)
-        self._retry_at(run_id, self._engine.clock.now() + timedelta(seconds=delay))
+    def _back_off(self, run: TrackedRun, why: str) -> None:
+        run.failures += 1
+        delay = backoff(run.failures)
+        log.warning("run %s: %s; trying again in %.0fs", run.run_id, why, delay)
+        self._retry_at(run.run_id, self._engine.clock.now() + timedelta(seconds=delay))
 
-    async def kill(self, run_id: uuid.UUID) -> None:
+    async def kill(self, run: TrackedRun) -> None:
         """Stop the run's running segment (a cancel): its step is interrupted where it
         awaits, as a segment Pod is stopped, instead of finishing after the cancel."""
-        self._again.discard(run_id)
-        task = self._running.get(run_id)
+        run.again = False
+        task = run.segment
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.wait([task])
 
     async def drain(self) -> None:
         """Wait for the segments running now (for shutdown and tests)."""
-        while self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
-
-    @property
-    def busy(self) -> int:
-        return len(self._running)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

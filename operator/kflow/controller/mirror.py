@@ -18,35 +18,23 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
 from kflow.clock import Clock
 from kflow.controller.kube import KubeApi
+from kflow.controller.runs import RunRef
 from kflow.controller.status import MAX_EVENTS, build_status
 from kflow.engine import Engine
 from kflow.errors import ApiError, RunNotFound, TransientError
 from kflow.models import RunStatus
 from kflow.resources import EventDelivery, ExecutorView, WorkflowRunStatus
 
-__all__ = ["RunRef", "StatusMirror"]
+__all__ = ["StatusMirror"]
 
 log = logging.getLogger(__name__)
 
 _TOP_LEVEL = [field.alias or name for name, field in WorkflowRunStatus.model_fields.items()]
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """Where a run's WorkflowRun lives."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int | None = None
 
 
 class StatusMirror:
@@ -111,15 +99,19 @@ class StatusMirror:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def seed(self, run_id: uuid.UUID, live: dict[str, Any] | None) -> None:
+    def seed(self, run_id: uuid.UUID, live: WorkflowRunStatus | None) -> None:
         """The status the WorkflowRun has now (from the watch, at adoption): the first
         flush keeps its conditions' transition times and writes nothing if it is current
         (after an operator restart, most are)."""
-        if run_id in self._last or not live:
+        if run_id in self._last or live is None:
             return
-        # One another version wrote may not parse: then the first flush writes it whole.
-        with contextlib.suppress(ValidationError):
-            self._last[run_id] = _written(WorkflowRunStatus.model_validate(live))
+        self._last[run_id] = _written(live)
+
+    def reject(self, run_id: uuid.UUID, delivery: EventDelivery) -> None:
+        """An annotation refused for the run: shown with its events (the last few)."""
+        rejected = self.rejected.setdefault(run_id, [])
+        rejected.append(delivery)
+        del rejected[:-MAX_EVENTS]
 
     async def _flush_loop(self, run_id: uuid.UUID, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

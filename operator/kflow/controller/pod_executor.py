@@ -15,6 +15,13 @@ follows:
 - it was killed on purpose (cancel): the next segment is dispatched at once.
 
 Finished Pods are deleted ``pod_ttl`` after they end, so their logs stay reachable until then.
+
+The executor's state of a run is the run's `PodSlot` (`kflow.controller.pod_states`: idle,
+dispatching, running a Pod, stopping it), on the run's record with the Pod's start
+deadline and lost-node timers. What is known of each *Pod* (an end seen before its name
+was recorded, whether it started, the problem reported, its deletion timer) is kept
+here by Pod name: watch events may come before the run records the Pod, and a finished
+Pod outlives its run's next segment.
 """
 
 from __future__ import annotations
@@ -22,25 +29,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kflow.controller.catalog import Catalog
 from kflow.controller.kube import KubeApi
-from kflow.controller.mirror import RunRef
 from kflow.controller.pod_manifest import (
     RUN_LABEL,
     PodEnd,
-    pod_end,
-    pod_problem,
-    pod_started,
+    PodView,
+    pod_name,
+    read_pod,
     segment_pod,
 )
+from kflow.controller.pod_placement import PodTarget, Unplaceable, place
+from kflow.controller.pod_states import PodEvent, PodState
+from kflow.controller.runs import RETRY_AFTER, Purpose, TimerKey, TrackedRun
 from kflow.controller.tasks import Background
 from kflow.engine import Engine
 from kflow.errors import ApiError, RunNotFound, TransientError
 from kflow.models import SegmentOutcome
-from kflow.resources import PodTemplate
 from kflow.retry import backoff
 from kflow.settings import OperatorSettings
 
@@ -51,8 +61,18 @@ log = logging.getLogger(__name__)
 _LOST_NODE_MARGIN = timedelta(seconds=30)
 """How long past its deletion deadline a Pod may still look alive before it counts as gone."""
 
-Placement = tuple[RunRef, PodTemplate] | str | None
-"""Where a run's next Pod goes; a string says why it cannot go anywhere; None: run gone."""
+
+@dataclass
+class _PodFacts:
+    """What is known of one segment Pod."""
+
+    end: PodEnd | None = None
+    """How it ended, once seen (perhaps before its run recorded its name)."""
+    started: bool = False
+    problem: str | None = None
+    """The problem reported while it did not start (reported once, while it lasts)."""
+    cleanup: asyncio.TimerHandle | None = None
+    """Its deletion, ``pod_ttl`` after it ended."""
 
 
 class PodExecutor:
@@ -62,7 +82,8 @@ class PodExecutor:
         engine: Engine,
         kube: KubeApi,
         settings: OperatorSettings,
-        placement: Callable[[uuid.UUID], Awaitable[Placement]],
+        runs: Mapping[uuid.UUID, TrackedRun],
+        catalog: Catalog,
         on_outcome: Callable[[SegmentOutcome], Awaitable[None]],
         on_problem: Callable[[uuid.UUID, str, str], Coroutine[Any, Any, None]],
         retry_at: Callable[[uuid.UUID, datetime], None],
@@ -70,159 +91,155 @@ class PodExecutor:
         self._engine = engine
         self._kube = kube
         self._settings = settings
-        self._placement = placement
+        self._runs = runs
+        """The controller's records: a run missing from it (or replaced) is forgotten."""
+        self._catalog = catalog
         self._on_outcome = on_outcome
         self._on_problem = on_problem
         """Told (run, reason, message) of what goes wrong with its Pods."""
         self._retry_at = retry_at
-        self._live: dict[uuid.UUID, str] = {}
-        """The Pod running each run's segment ("" while it is being dispatched)."""
-        self._namespaces: dict[uuid.UUID, str] = {}
-        self._steal: set[uuid.UUID] = set()
-        self._failures: dict[uuid.UUID, int] = {}
-        self._killed: set[str] = set()
-        self._cancelling: set[uuid.UUID] = set()
-        self._ended: dict[str, PodEnd] = {}
-        self._started: set[str] = set()
-        self._problems: dict[str, str] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._pods: dict[str, _PodFacts] = {}
         self._background = Background("pod executor")
 
-    @property
-    def busy(self) -> int:
-        return len(self._live)
-
     def running(self) -> list[uuid.UUID]:
-        return list(self._live)
+        """The runs with a Pod being made or running."""
+        return [run.run_id for run in self._runs.values() if run.pod.state is not PodState.IDLE]
 
-    def pod_of(self, run_id: uuid.UUID) -> str | None:
-        """The Pod running the run's segment now, if any."""
-        return self._live.get(run_id) or None
-
-    def submit(self, run_id: uuid.UUID, *, steal: bool = False) -> None:
+    def submit(self, run: TrackedRun, *, steal: bool = False) -> None:
         """Advance the run soon. ``steal``: its lease may be held by a dead executor."""
         if steal:
-            self._steal.add(run_id)
-        if run_id in self._live:
+            run.steal = True
+        if run.pod.state is not PodState.IDLE:
             return  # what moved the run is in the store: the Pod's outcome will show it
-        self._live[run_id] = ""
-        self._background.spawn(self._dispatch(run_id))
+        run.pod = run.pod.step(PodEvent.DISPATCH)
+        self._background.spawn(self._dispatch(run))
 
-    async def _dispatch(self, run_id: uuid.UUID) -> None:
+    def _current(self, run: TrackedRun) -> bool:
+        return self._runs.get(run.run_id) is run
+
+    async def _dispatch(self, run: TrackedRun) -> None:
         try:
-            await self._dispatch_once(run_id)
+            await self._dispatch_once(run)
         except Exception as exc:  # never leave the run marked as dispatching forever
-            log.exception("run %s: dispatching a segment failed unexpectedly", run_id)
-            if self._live.get(run_id) == "":
-                del self._live[run_id]
-            self._retry(run_id, f"unexpected {type(exc).__name__}")
+            log.exception("run %s: dispatching a segment failed unexpectedly", run.run_id)
+            if run.pod.state is PodState.DISPATCHING:
+                run.pod = run.pod.step(PodEvent.ABANDONED)
+            self._retry(run, f"unexpected {type(exc).__name__}")
 
-    async def _dispatch_once(self, run_id: uuid.UUID) -> None:
+    async def _dispatch_once(self, run: TrackedRun) -> None:
         try:
-            placed = await self._placement(run_id)
-            if placed is None or isinstance(placed, str):
-                del self._live[run_id]
-                if isinstance(placed, str):
-                    await self._on_problem(run_id, "NoPodTemplate", placed)
-                    await self._give_up(run_id, placed, blocked=True)
-                return
-            ref, template = placed
-            self._namespaces[run_id] = ref.namespace
-            pods = await self._kube.list_pods(ref.namespace, f"{RUN_LABEL}={ref.uid}")
-            alive = [p for p in pods if pod_end(p) is None and not _deleting(p)]
-            if alive:
-                name = alive[0]["metadata"]["name"]
-                log.info("run %s: adopting its segment Pod %s", run_id, name)
-                self._steal.discard(run_id)  # the next Pod follows this live one
-                self._observe(alive[0])
-            else:
-                segment = await self._engine.store.next_dispatch(run_id)
-                name = await self._create(run_id, ref, template, segment)
+            placed = await self._place(run)
+            name = await self._pod_for(run, placed) if isinstance(placed, PodTarget) else None
         except (TransientError, RunNotFound) as exc:
-            self._live.pop(run_id, None)
-            self._retry(run_id, f"cannot dispatch a segment: {exc}")
+            run.pod = run.pod.step(PodEvent.ABANDONED)
+            self._retry(run, f"cannot dispatch a segment: {exc}")
             return
         except (ApiError, OSError) as exc:
-            self._live.pop(run_id, None)
+            run.pod = run.pod.step(PodEvent.ABANDONED)
             if isinstance(exc, ApiError) and exc.permanent:
-                await self._failed(run_id, f"the segment Pod was refused: {exc}")
+                await self._failed(run, f"the segment Pod was refused: {exc}")
             else:
-                self._retry(run_id, f"cannot dispatch a segment: {exc}")
+                self._retry(run, f"cannot dispatch a segment: {exc}")
             return
-        if run_id not in self._live:  # forgotten meanwhile: its WorkflowRun is gone
+        if name is None:  # nothing to run: the run is gone, or cannot go to a Pod
+            run.pod = run.pod.step(PodEvent.ABANDONED)
+            if isinstance(placed, Unplaceable):
+                await self._on_problem(run.run_id, "NoPodTemplate", placed.reason)
+                await self._give_up(run, placed.reason, blocked=True)
             return
-        self._live[run_id] = name
-        if name in self._ended:  # it ended while we looked
-            self._end(run_id, name, self._ended[name])
-        elif name not in self._started:
-            self._arm(f"{name}/start", self._settings.pod_start_timeout, self._not_started,
-                      run_id, name)  # fmt: skip
+        if not self._current(run):  # forgotten meanwhile: its WorkflowRun is gone
+            return
+        run.pod = run.pod.step(PodEvent.PLACED, name)
+        facts = self._pods.get(name)
+        if facts is not None and facts.end is not None:  # it ended while we looked
+            self._end(run, name, facts.end)
+        elif facts is None or not facts.started:
+            self._arm(run, TimerKey(Purpose.POD_START, name), self._settings.pod_start_timeout,
+                      lambda: self._not_started(run, name))  # fmt: skip
 
-    async def _create(
-        self, run_id: uuid.UUID, ref: RunRef, template: PodTemplate, segment: int
-    ) -> str:
-        steal = run_id in self._steal
-        self._steal.discard(run_id)
+    async def _pod_for(self, run: TrackedRun, placed: PodTarget) -> str:
+        """The run's live Pod (made before an operator restart), or a new one: its name."""
+        ref = placed.ref
+        listed = await self._kube.list_pods(ref.namespace, f"{RUN_LABEL}={ref.uid}")
+        alive = [p for p in map(read_pod, listed) if p.end is None and not p.deleting_by]
+        if alive:
+            log.info("run %s: adopting its segment Pod %s", run.run_id, alive[0].name)
+            run.steal = False  # the next Pod follows this live one
+            self._observe(alive[0])
+            return alive[0].name
+        segment = await self._engine.store.next_dispatch(run.run_id)
+        return await self._create(run, placed, segment)
+
+    async def _place(self, run: TrackedRun) -> PodTarget | Unplaceable | None:
+        if not self._current(run):  # forgotten: its WorkflowRun is gone
+            return None
+        secret = self._settings.runner_dsn_secret
+        return await place(run, engine=self._engine, catalog=self._catalog, dsn_secret=secret)
+
+    async def _create(self, run: TrackedRun, placed: PodTarget, segment: int) -> str:
+        steal, run.steal = run.steal, False
         assert self._settings.runner_dsn_secret is not None  # checked by the placement
         pod = segment_pod(
-            ref, segment=segment, template=template, schema=self._settings.schema_name,
-            dsn_secret=self._settings.runner_dsn_secret, dsn_key=self._settings.runner_dsn_key,
-            steal=steal, service_account=self._settings.runner_service_account,
+            placed.ref, segment=segment, template=placed.template,
+            schema=self._settings.schema_name, dsn_secret=self._settings.runner_dsn_secret,
+            dsn_key=self._settings.runner_dsn_key, steal=steal,
+            service_account=self._settings.runner_service_account,
         )  # fmt: skip
         try:
             await self._kube.create_pod(pod)
         except ApiError as exc:
             if exc.status != 409:  # 409: ours, from an attempt whose answer was lost
                 raise
-        return str(pod["metadata"]["name"])
+        return pod_name(placed.ref, segment)
 
     # -- the Pod watch ----------------------------------------------------------------
 
-    def pod_event(self, kind: str | None, pod: dict[str, Any]) -> None:
+    def pod_event(self, pod: PodView) -> None:
         """A watch event about a segment Pod (kopf's ``on.event``)."""
-        meta = pod.get("metadata") or {}
-        name = str(meta.get("name"))
-        try:
-            run_id = uuid.UUID(_labels(pod).get(RUN_LABEL, ""))
-        except ValueError:
+        if pod.run_id is None:
             return
-        deleted = kind == "DELETED"
-        end = pod_end(pod, deleted=deleted)
-        live = self._live.get(run_id) == name
-        if end is not None:
-            if live:
-                self._end(run_id, name, end)
-            if deleted:
-                self._forget_pod(name)
+        run = self._runs.get(pod.run_id)
+        live = run is not None and run.pod.pod == pod.name
+        if pod.end is not None:
+            if live and run is not None:
+                self._end(run, pod.name, pod.end)
+            if pod.deleted:
+                self._forget_pod(pod.name, run)
             else:
-                self._ended[name] = end
-                finished = _finished_at(pod) or self._engine.clock.now()
-                self._arm(name, finished + self._settings.pod_ttl - self._engine.clock.now(),
-                          self._delete, str(meta.get("namespace")), name)  # fmt: skip
+                facts = self._pods.setdefault(pod.name, _PodFacts())
+                facts.end = pod.end
+                now = self._engine.clock.now()
+                finished = pod.finished_at or now
+                self._arm_cleanup(pod.namespace, pod.name, finished + self._settings.pod_ttl - now)
             return
         self._observe(pod)  # also before its name is recorded: events may come first
-        if meta.get("deletionTimestamp"):
+        if run is None:
+            return
+        if pod.deleting_by is not None:
             # A Pod on a lost node never reports its end: give it its grace period.
-            gone_by = datetime.fromisoformat(str(meta["deletionTimestamp"]).replace("Z", "+00:00"))
-            self._arm(f"{name}/gone", gone_by + _LOST_NODE_MARGIN - self._engine.clock.now(),
-                      self._vanished, run_id, name)  # fmt: skip
-        problem = pod_problem(pod)
-        if live and problem is not None and problem != self._problems.get(name):
-            self._problems[name] = problem  # reported once, while it lasts
+            self._arm(run, TimerKey(Purpose.POD_GONE, pod.name),
+                      pod.deleting_by + _LOST_NODE_MARGIN - self._engine.clock.now(),
+                      lambda: self._vanished(run, pod.name))  # fmt: skip
+        known = self._pods.get(pod.name)
+        reported = known.problem if known is not None else None
+        if live and pod.problem is not None and pod.problem != reported:
+            self._pods.setdefault(pod.name, _PodFacts()).problem = pod.problem  # reported once
             self._background.spawn(
-                self._on_problem(run_id, "PodNotStarting", f"pod {name}: {problem}")
+                self._on_problem(run.run_id, "PodNotStarting", f"pod {pod.name}: {pod.problem}")
             )
 
-    def _observe(self, pod: dict[str, Any]) -> None:
-        name = str(pod["metadata"]["name"])
-        if pod_started(pod):
-            self._started.add(name)
-            self._disarm(f"{name}/start")
+    def _observe(self, pod: PodView) -> None:
+        if not pod.started:
+            return
+        self._pods.setdefault(pod.name, _PodFacts()).started = True
+        run = self._runs.get(pod.run_id) if pod.run_id is not None else None
+        if run is not None:
+            run.disarm(TimerKey(Purpose.POD_START, pod.name))
 
-    async def _vanished(self, run_id: uuid.UUID, name: str) -> None:
-        if self._live.get(run_id) == name:
+    async def _vanished(self, run: TrackedRun, name: str) -> None:
+        if run.pod.pod == name:
             self._end(
-                run_id,
+                run,
                 name,
                 PodEnd(
                     False,
@@ -231,107 +248,101 @@ class PodExecutor:
                 ),
             )
 
-    def _forget_pod(self, name: str) -> None:
-        self._disarm(name)
-        self._disarm(f"{name}/start")
-        self._disarm(f"{name}/gone")
-        self._ended.pop(name, None)
-        self._started.discard(name)
-        self._killed.discard(name)
-        self._problems.pop(name, None)
+    def _forget_pod(self, name: str, run: TrackedRun | None) -> None:
+        facts = self._pods.pop(name, None)
+        if facts is not None and facts.cleanup is not None:
+            facts.cleanup.cancel()
+        if run is not None:
+            run.disarm_pod(name)
 
-    def _end(self, run_id: uuid.UUID, name: str, end: PodEnd) -> None:
-        del self._live[run_id]  # at once: the end is handled once
-        self._disarm(f"{name}/start")
-        self._disarm(f"{name}/gone")
+    def _end(self, run: TrackedRun, name: str, end: PodEnd) -> None:
         # A Pod that a cancel stopped (or that ended while the cancel took its lease)
         # did not fail: the run goes on to its compensations.
-        stopped = name in self._killed or run_id in self._cancelling
-        self._killed.discard(name)
-        self._cancelling.discard(run_id)
-        self._background.spawn(self._after(run_id, name, end, stopped=stopped))
+        stopped = run.pod.state is PodState.STOPPING
+        run.pod = run.pod.step(PodEvent.ENDED)  # at once: the end is handled once
+        run.disarm_pod(name)
+        self._background.spawn(self._after(run, name, end, stopped=stopped))
 
-    async def _after(self, run_id: uuid.UUID, name: str, end: PodEnd, *, stopped: bool) -> None:
+    async def _after(self, run: TrackedRun, name: str, end: PodEnd, *, stopped: bool) -> None:
         # An event or wake-up that came while the Pod ran is in the store: `outcome` sees it.
         if not end.ok and not stopped:
-            await self._failed(run_id, f"pod {name}: {end.message}")
+            await self._failed(run, f"pod {name}: {end.message}")
             return
-        self._failures.pop(run_id, None)
+        run.failures = 0
         try:
-            outcome = await self._engine.outcome(run_id)
+            outcome = await self._engine.outcome(run.run_id)
         except RunNotFound:
             return
         except TransientError as exc:
-            self._retry(run_id, f"cannot read the run after its segment: {exc}")
+            self._retry(run, f"cannot read the run after its segment: {exc}")
             return
         await self._on_outcome(outcome)
 
-    async def _not_started(self, run_id: uuid.UUID, name: str) -> None:
-        if self._live.get(run_id) != name or name in self._started:
+    async def _not_started(self, run: TrackedRun, name: str) -> None:
+        facts = self._pods.get(name) or _PodFacts()
+        if run.pod.pod != name or facts.started:
             return
-        problem = self._problems.get(name) or "still Pending"
+        problem = facts.problem or "still Pending"
         timeout = self._settings.pod_start_timeout.total_seconds()
-        namespace = self._namespaces[run_id]
-        self._end(run_id, name, PodEnd(False, f"did not start within {timeout:.0f}s: {problem}"))
+        self._end(run, name, PodEnd(False, f"did not start within {timeout:.0f}s: {problem}"))
         try:
-            await self._kube.delete_pod(namespace, name, grace_seconds=0)
+            await self._kube.delete_pod(run.ref.namespace, name, grace_seconds=0)
         except (ApiError, OSError) as exc:
             log.warning("could not delete Pod %s that did not start: %s", name, exc)
 
     # -- failures -----------------------------------------------------------------------
 
-    async def _failed(self, run_id: uuid.UUID, message: str) -> None:
+    async def _failed(self, run: TrackedRun, message: str) -> None:
         """A segment failed outside the run's code: retry it with backoff, up to the limit."""
-        failures = self._failures.get(run_id, 0) + 1
+        failures = run.failures + 1
         limit = self._settings.segment_retries
         if failures > limit:
-            self._failures.pop(run_id, None)
+            run.failures = 0
             await self._give_up(
-                run_id, f"its segment failed {failures} times in a row; last: {message}"
+                run, f"its segment failed {failures} times in a row; last: {message}"
             )
             return
-        self._failures[run_id] = failures
+        run.failures = failures
         delay = backoff(failures)
         await self._on_problem(
-            run_id, "SegmentFailed",
+            run.run_id, "SegmentFailed",
             f"{message}; retrying in {delay:.0f}s ({failures} of {limit} retries)",
         )  # fmt: skip
-        self._steal.add(run_id)  # the failed runner may have died holding the lease
-        self._retry_at(run_id, self._engine.clock.now() + timedelta(seconds=delay))
+        run.steal = True  # the failed runner may have died holding the lease
+        self._retry_at(run.run_id, self._engine.clock.now() + timedelta(seconds=delay))
 
-    async def _give_up(self, run_id: uuid.UUID, message: str, *, blocked: bool = False) -> None:
+    async def _give_up(self, run: TrackedRun, message: str, *, blocked: bool = False) -> None:
         try:
-            outcome = await self._engine.fail(run_id, message, blocked=blocked)
+            outcome = await self._engine.fail(run.run_id, message, blocked=blocked)
         except RunNotFound:
             return
         except TransientError as exc:
-            self._retry(run_id, f"cannot record that the run failed: {exc}")
+            self._retry(run, f"cannot record that the run failed: {exc}")
             return
         await self._on_outcome(outcome)
 
-    def _retry(self, run_id: uuid.UUID, why: str) -> None:
+    def _retry(self, run: TrackedRun, why: str) -> None:
         """Something outside the run failed (store, API server): try again later."""
-        log.warning("run %s: %s; trying again in 5s", run_id, why)
-        self._retry_at(run_id, self._engine.clock.now() + timedelta(seconds=5))
+        log.warning("run %s: %s; trying again in %.0fs", run.run_id, why, RETRY_AFTER)
+        self._retry_at(run.run_id, self._engine.clock.now() + timedelta(seconds=RETRY_AFTER))
 
     # -- cancel, cleanup ----------------------------------------------------------------
 
-    def cancelling(self, run_id: uuid.UUID) -> None:
+    def cancelling(self, run: TrackedRun) -> None:
         """A cancel is about to take the run's lease: its running Pod's end (killed, or
         fenced out) is not a failure."""
-        if self._live.get(run_id):
-            self._cancelling.add(run_id)
+        if run.pod.live:
+            run.pod = run.pod.step(PodEvent.CANCEL)
 
-    async def kill(self, run_id: uuid.UUID) -> None:
+    async def kill(self, run: TrackedRun) -> None:
         """Stop the run's running segment Pod (with the grace period); the next segment is
         dispatched when it has ended."""
-        name = self._live.get(run_id)
-        if not name:
-            self._cancelling.discard(run_id)
+        name = run.pod.pod
+        if name is None:
             return
-        self._killed.add(name)
+        run.pod = run.pod.step(PodEvent.CANCEL)
         grace = self._settings.pod_grace_seconds
-        await self._kube.delete_pod(self._namespaces[run_id], name, grace_seconds=grace)
+        await self._kube.delete_pod(run.ref.namespace, name, grace_seconds=grace)
 
     async def _delete(self, namespace: str, name: str) -> None:
         """A finished Pod's time is up (``pod_ttl``)."""
@@ -340,49 +351,31 @@ class PodExecutor:
         except (ApiError, OSError) as exc:
             log.warning("could not delete finished Pod %s/%s (again in 60s): %s",
                         namespace, name, exc)  # fmt: skip
-            self._arm(name, timedelta(seconds=60), self._delete, namespace, name)
-
-    def forget(self, run_id: uuid.UUID) -> None:
-        """The run's WorkflowRun is gone (its Pods go with it, by owner reference)."""
-        for state in (self._steal, self._cancelling):
-            state.discard(run_id)
-        self._failures.pop(run_id, None)
-        self._namespaces.pop(run_id, None)
-        self._live.pop(run_id, None)
+            self._arm_cleanup(namespace, name, timedelta(seconds=60))
 
     def _arm(
-        self, key: str, delay: timedelta, call: Callable[..., Coroutine[Any, Any, None]],
-        *args: Any,
+        self, run: TrackedRun, key: TimerKey, delay: timedelta,
+        work: Callable[[], Coroutine[Any, Any, None]],
     ) -> None:  # fmt: skip
-        """One timer per key (a Pod's start deadline, its cleanup), replacing the last."""
-        self._disarm(key)
-        loop = asyncio.get_running_loop()
-        seconds = max(delay.total_seconds(), 0.0)
-        self._timers[key] = loop.call_later(seconds, lambda: self._background.spawn(call(*args)))
+        """One timer per key on the run's record (replacing the last), running ``work``."""
+        run.arm(key, delay.total_seconds(), lambda: self._background.spawn(work()))
 
-    def _disarm(self, key: str) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+    def _arm_cleanup(self, namespace: str, name: str, delay: timedelta) -> None:
+        facts = self._pods.setdefault(name, _PodFacts())
+        if facts.cleanup is not None:
+            facts.cleanup.cancel()
+        loop = asyncio.get_running_loop()
+        facts.cleanup = loop.call_later(
+            max(delay.total_seconds(), 0.0),
+            lambda: self._background.spawn(self._delete(namespace, name)),
+        )
 
     async def drain(self) -> None:
         """Wait for the dispatches in flight (for shutdown); the Pods run on."""
         await self._background.drain()
-        for timer in self._timers.values():
-            timer.cancel()
-
-
-def _labels(pod: dict[str, Any]) -> dict[str, str]:
-    return dict((pod.get("metadata") or {}).get("labels") or {})
-
-
-def _deleting(pod: dict[str, Any]) -> bool:
-    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _finished_at(pod: dict[str, Any]) -> datetime | None:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        ended = (container.get("state") or {}).get("terminated") or {}
-        if ended.get("finishedAt"):
-            return datetime.fromisoformat(str(ended["finishedAt"]).replace("Z", "+00:00"))
-    return None
+        for facts in self._pods.values():
+            if facts.cleanup is not None:
+                facts.cleanup.cancel()
+        for run in self._runs.values():
+            for key in [k for k in run.timers if k.pod is not None]:
+                run.disarm(key)

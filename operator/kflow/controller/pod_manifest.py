@@ -11,27 +11,33 @@ seccomp, read-only root filesystem, no service-account token (the runner needs n
 
 `pod_end`, `pod_problem` and `pod_started` turn a Pod's status into what the executor
 reports on the run: how it ended (exit codes of ``kflow runner``, OOM kills, evictions,
-deletions), or why it does not start.
+deletions), or why it does not start; `read_pod` reads a Pod body (from the watch or a
+listing) into the `PodView` the executor works with.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from kflow.controller.mirror import RunRef
+from kflow.controller.runs import RunRef
 from kflow.resources import GROUP, VERSION, PodTemplate
 
 __all__ = [
     "RUN_LABEL",
     "SEGMENT_LABEL",
     "PodEnd",
+    "PodView",
     "pod_end",
     "pod_name",
     "pod_problem",
     "pod_started",
+    "read_pod",
     "segment_pod",
 ]
 
@@ -146,7 +152,7 @@ _NOT_STARTING = {
 }  # fmt: skip
 
 
-def pod_end(pod: dict[str, Any], *, deleted: bool = False) -> PodEnd | None:
+def pod_end(pod: Mapping[str, Any], *, deleted: bool = False) -> PodEnd | None:
     """How the Pod ended, or None while it has not (``deleted``: its object is gone)."""
     status = pod.get("status") or {}
     phase = status.get("phase")
@@ -170,7 +176,7 @@ def pod_end(pod: dict[str, Any], *, deleted: bool = False) -> PodEnd | None:
     return PodEnd(False, "the Pod failed without a container status")
 
 
-def pod_problem(pod: dict[str, Any]) -> str | None:
+def pod_problem(pod: Mapping[str, Any]) -> str | None:
     """Why a Pending Pod is not starting (image pull, configuration, scheduling), if known."""
     status = pod.get("status") or {}
     for container in status.get("containerStatuses") or []:
@@ -183,7 +189,61 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def pod_started(pod: dict[str, Any]) -> bool:
+def pod_started(pod: Mapping[str, Any]) -> bool:
     """A container of the Pod has started (running, or already ended)."""
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return any({"running", "terminated"} & set(c.get("state") or {}) for c in statuses)
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the pod executor reads of a segment Pod."""
+
+    name: str
+    namespace: str
+    run_id: uuid.UUID | None
+    """The run it belongs to (its run label); None: the label is not a run id."""
+    end: PodEnd | None
+    """How it ended; None while it has not."""
+    started: bool
+    problem: str | None
+    """Why it does not start, if it does not (`pod_problem`)."""
+    deleting_by: datetime | None
+    """Deleted: when its grace period ends (``deletionTimestamp``)."""
+    finished_at: datetime | None
+    """When its runner ended, if it has."""
+    deleted: bool = False
+    """The object is gone (the watch's DELETED event)."""
+
+
+def read_pod(pod: Mapping[str, Any], *, deleted: bool = False) -> PodView:
+    """The `PodView` of a Pod body (``deleted``: from the watch's DELETED event)."""
+    meta = pod.get("metadata") or {}
+    try:
+        run_id: uuid.UUID | None = uuid.UUID(str((meta.get("labels") or {}).get(RUN_LABEL, "")))
+    except ValueError:
+        run_id = None
+    deleting = meta.get("deletionTimestamp")
+    return PodView(
+        name=str(meta.get("name")),
+        namespace=str(meta.get("namespace")),
+        run_id=run_id,
+        end=pod_end(pod, deleted=deleted),
+        started=pod_started(pod),
+        problem=pod_problem(pod),
+        deleting_by=_timestamp(deleting) if deleting else None,
+        finished_at=_finished_at(pod),
+        deleted=deleted,
+    )
+
+
+def _timestamp(text: object) -> datetime:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+def _finished_at(pod: Mapping[str, Any]) -> datetime | None:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated") or {}
+        if ended.get("finishedAt"):
+            return _timestamp(ended["finishedAt"])
+    return None
