@@ -67,7 +67,6 @@ class Controller:
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
-        engine.subscribe(self.recorded)  # one way: the engine never knows the controller
         self.metrics = metrics or Metrics()
         self._kube = kube
         self._clock = clock
@@ -101,6 +100,7 @@ class Controller:
             self, kube=kube, max_event_bytes=settings.max_event_bytes
         )
         self._adoption = Adoption(self, kube=kube, redeliver=self._delivery.retry)
+        engine.subscribe(self.recorded)  # one way: the engine never knows the controller
 
     async def run(self) -> None:
         """The controller's background work (timers) until cancelled."""
