@@ -58,13 +58,13 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import Api, PhaseWatch, Process  # noqa: E402
 from bench.operator_throughput import install_crd, pct  # noqa: E402
 
+from kflow._engine import Engine  # noqa: E402
+from kflow._store import Store  # noqa: E402
+from kflow._workflow import Registry  # noqa: E402
 from kflow.dev.cluster import LocalCluster, NodeStandIn, ensure_built  # noqa: E402
 from kflow.dev.cluster.build import cache_root  # noqa: E402
 from kflow.dev.postgres import LocalPostgres, free_port  # noqa: E402
-from kflow.engine import Engine  # noqa: E402
 from kflow.plugin.manifest import ManifestOptions, workflow_object  # noqa: E402
-from kflow.store import Store  # noqa: E402
-from kflow.workflow import Registry  # noqa: E402
 
 MODULE = "bench.pod_workflows"
 WORKFLOW = {"pod": "bench-one-pod", "inline": "bench-one-inline"}

@@ -28,7 +28,7 @@ ACTIVITIES: list[tuple[str, str]] = [
     ("kopf: its own PATCHes (progress, finalizer, diff-base)", "kopf/_cogs/clients/patching.py"),
     ("kflow handlers (create/event/delete)", "kflow/controller/handlers.py"),
     ("kflow: engine.start (adopt a new run)", "adopt (kflow/controller/adoption.py"),
-    ("kflow: segments (engine.run_segment)", "run_segment (kflow/engine.py"),
+    ("kflow: segments (engine.run_segment)", "run_segment (kflow/_engine/engine.py"),
     ("kflow: status mirror (flush: read run + PATCH)", "flush (kflow/controller/mirror.py"),
     ("kflow: status PATCH over httpx", "kflow/controller/kube.py"),
     ("httpx/httpcore (all)", "(httpx/"),

@@ -4,10 +4,10 @@ The public API is exactly what ``__all__`` lists (pinned by a test); everything 
 internal. See ``docs/api.md`` for the WorkflowContext reference.
 """
 
-from kflow.clock import Clock, SystemClock, VirtualClock
-from kflow.engine import Engine, WorkflowContext
-from kflow.env import EnvProvider, MappingEnv, OsEnv
-from kflow.errors import (
+from kflow._clock import Clock, SystemClock, VirtualClock
+from kflow._engine import Engine, WorkflowContext
+from kflow._env import EnvProvider, MappingEnv, OsEnv
+from kflow._errors import (
     CircuitOpenError,
     DefinitionError,
     EnvError,
@@ -26,10 +26,10 @@ from kflow.errors import (
     UndeclaredNameError,
     WorkflowTimeout,
 )
-from kflow.models import AuthContext, RunStatus, SegmentOutcome, StepState, StepStatus
-from kflow.retry import RetryPolicy
-from kflow.store import Store
-from kflow.workflow import (
+from kflow._models import AuthContext, RunStatus, SegmentOutcome, StepState, StepStatus
+from kflow._retry import RetryPolicy
+from kflow._store import Store
+from kflow._workflow import (
     CompensationDefinition,
     Registry,
     WorkflowDefinition,

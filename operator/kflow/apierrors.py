@@ -1,6 +1,6 @@
 """Errors of the Kubernetes API, decoded the same way by every client kflow has.
 
-`ApiError` itself is in `kflow.errors` (the error tree); it is re-exported here for the
+`ApiError` itself is in `kflow._errors` (the error tree); it is re-exported here for the
 clients that decode responses into it.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from kflow.errors import ApiError
+from kflow._errors import ApiError
 
 __all__ = ["ApiError", "checked_json", "error_from"]
 

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
+    from kflow._serde import describe_validation_error
     from kflow.controller.main import run_operator
-    from kflow.serde import describe_validation_error
     from kflow.settings import OperatorSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -24,12 +24,12 @@ import sys
 import uuid
 from typing import TextIO
 
-from kflow.engine import RUNNING_AFTER, Engine
-from kflow.errors import LeaseHeld, RunNotFound, TransientError
+from kflow._engine import RUNNING_AFTER, Engine
+from kflow._errors import LeaseHeld, RunNotFound, TransientError
+from kflow._store import Store
+from kflow._store.progress import Progressor
+from kflow._workflow import Registry
 from kflow.settings import StoreSettings
-from kflow.store import Store
-from kflow.store.progress import Progressor
-from kflow.workflow import Registry
 
 __all__ = ["EXIT_LEASE_HELD", "EXIT_NO_RUN", "EXIT_STORE", "run_once"]
 
@@ -92,7 +92,7 @@ async def run_once(
 def main(run: str, *, steal: bool = False) -> int:
     from pydantic import ValidationError
 
-    from kflow.serde import describe_validation_error
+    from kflow._serde import describe_validation_error
 
     try:
         settings = StoreSettings()

@@ -23,12 +23,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kflow.clock import VirtualClock
+from kflow._clock import VirtualClock
+from kflow._engine import Engine
+from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepState
+from kflow._store import SendResult, Store
+from kflow._workflow import CompensationDefinition, Registry, WorkflowDefinition
 from kflow.dev.postgres import LocalPostgres
-from kflow.engine import Engine
-from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
-from kflow.store import SendResult, Store
-from kflow.workflow import CompensationDefinition, Registry, WorkflowDefinition
 
 __all__ = ["WorkflowTestEnv"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from kflow.workflow import Registry
+from kflow._workflow import Registry
 from tests.e2e.conftest import NOBODY, VIEWER, VIEWERS_GROUP, Harness, wait_for
 from tests.e2e.operator_env import ROOT, Operator, Runs, lines
 

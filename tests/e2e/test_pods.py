@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kflow._workflow import Registry
 from kflow.plugin.manifest import ManifestOptions, workflow_object
-from kflow.workflow import Registry
 from tests.e2e.conftest import Harness, wait_for
 from tests.e2e.operator_env import ROOT, Operator, Runs, lines
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from kflow import RunStatus
+from kflow._store.progress import ProgressListener
 from kflow.dev.postgres import free_port
 from kflow.runner import EXIT_LEASE_HELD, EXIT_NO_RUN, EXIT_STORE
-from kflow.store.progress import ProgressListener
 from tests.integration.runner_workflows import two_segments
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from kflow import Store, WorkflowContext, workflow
-from kflow.errors import SchemaError
-from kflow.store.migrations import MIGRATIONS
+from kflow._errors import SchemaError
+from kflow._store.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.integration
 

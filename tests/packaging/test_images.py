@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kflow.workflow import Registry
+from kflow._workflow import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE, TEAM_IMAGE = ROOT / "Dockerfile", ROOT / "examples" / "Dockerfile"
@@ -79,8 +79,8 @@ def test_the_build_stage_inputs_make_a_complete_package(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "wheels").glob("kflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "kflow/py.typed" in names
-    migrations = (ROOT / "operator/kflow/store/migrations").glob("*.sql")
-    assert {f"kflow/store/migrations/{m.name}" for m in migrations} <= set(names)
+    migrations = (ROOT / "operator/kflow/_store/migrations").glob("*.sql")
+    assert {f"kflow/_store/migrations/{m.name}" for m in migrations} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "kflow = kflow.cli:main" in scripts and "kubectl-kflow = kflow.plugin:main" in scripts

@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kflow import RunStatus, StepState, StepStatus, VirtualClock
-from kflow.clock import SystemClock
+from kflow._clock import SystemClock
+from kflow._models import RunRecord, StepKind, SuspendKind
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
 from kflow.controller.bodies import run_status
 from kflow.controller.mirror import StatusMirror
 from kflow.controller.runs import RunRef
 from kflow.controller.status import build_status
 from kflow.controller.timers import TimerWheel
-from kflow.models import RunRecord, StepKind, SuspendKind
 from kflow.resources import EventDelivery
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -8,12 +8,12 @@ import uuid
 
 import pytest
 
+from kflow._errors import ApiError, KflowError
+from kflow._retry import backoff
 from kflow.apierrors import ApiError as ReExported
 from kflow.apierrors import error_from
 from kflow.controller.pod_states import IllegalTransition, PodEvent, PodSlot, PodState
 from kflow.controller.runs import Purpose, RunRef, TimerKey, TrackedRun
-from kflow.errors import ApiError, KflowError
-from kflow.retry import backoff
 
 
 @pytest.mark.parametrize(("status", "permanent"), [

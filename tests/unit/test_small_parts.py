@@ -11,10 +11,10 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from kflow import CircuitOpenError, EnvError, MappingEnv, NonRetryable, RetryPolicy, VirtualClock
-from kflow.env import EnvAccess
-from kflow.http import CircuitBreakers, HttpClient
-from kflow.serde import decode, describe_validation_error, encode
-from kflow.store.migrations import MIGRATIONS
+from kflow._env import EnvAccess
+from kflow._http import CircuitBreakers, HttpClient
+from kflow._serde import decode, describe_validation_error, encode
+from kflow._store.migrations import MIGRATIONS
 
 
 def test_retry_backoff_grows_and_is_capped() -> None:

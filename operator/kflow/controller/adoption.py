@@ -16,12 +16,12 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from kflow._errors import ApiError, InvalidInput, TransientError
+from kflow._models import RunStatus
 from kflow.controller.bodies import Invalid
 from kflow.controller.control import RunControl
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RETRY_AFTER, Purpose, RunRef, TimerKey, TrackedRun
-from kflow.errors import ApiError, InvalidInput, TransientError
-from kflow.models import RunStatus
 from kflow.resources import WorkflowRunSpec, WorkflowRunStatus
 
 __all__ = ["Adoption"]

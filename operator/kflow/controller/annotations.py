@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kflow.workflow import EVENT_NAME_RE
+from kflow._workflow import EVENT_NAME_RE
 
 __all__ = ["Action", "EventAnnotation", "Rejected", "parse_annotations"]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kflow._serde import describe_validation_error
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
 from kflow.controller.runs import RunRef
 from kflow.resources import WorkflowRunSpec, WorkflowRunStatus, WorkflowSpec
-from kflow.serde import describe_validation_error
 
 __all__ = [
     "Invalid",

@@ -11,12 +11,12 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
+from kflow._engine import Engine
+from kflow._models import RunRecord, SegmentOutcome
 from kflow.controller.catalog import Catalog
 from kflow.controller.mirror import StatusMirror
 from kflow.controller.runs import RunRef, TrackedRun
 from kflow.controller.tasks import Background
-from kflow.engine import Engine
-from kflow.models import RunRecord, SegmentOutcome
 from kflow.resources import WorkflowRunSpec, WorkflowRunStatus
 
 __all__ = ["RunControl"]

@@ -19,7 +19,10 @@ import time
 import uuid
 from datetime import timedelta
 
-from kflow.clock import Clock
+from kflow._clock import Clock
+from kflow._engine import Engine
+from kflow._errors import RunNotFound, TransientError
+from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.controller.adoption import Adoption
 from kflow.controller.bodies import Invalid, WorkflowObject, workflow_object
 from kflow.controller.catalog import Catalog
@@ -34,9 +37,6 @@ from kflow.controller.pod_states import PodState
 from kflow.controller.runs import RunRef, TrackedRun
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
-from kflow.engine import Engine
-from kflow.errors import RunNotFound, TransientError
-from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.resources import ExecutorView, WorkflowRunSpec, WorkflowRunStatus
 from kflow.settings import OperatorSettings
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import time
 
+from kflow._errors import ApiError, KflowError, RunNotFound, TransientError, UndeclaredNameError
+from kflow._models import RunStatus
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
 from kflow.controller.bodies import kflow_annotations
 from kflow.controller.control import RunControl
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RETRY_AFTER, Purpose, RunRef, TimerKey
-from kflow.errors import ApiError, KflowError, RunNotFound, TransientError, UndeclaredNameError
-from kflow.models import RunStatus
 from kflow.resources import EventDelivery
 
 __all__ = ["AnnotationDelivery"]

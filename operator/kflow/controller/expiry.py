@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from kflow.clock import Clock
+from kflow._clock import Clock
+from kflow._errors import ApiError
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RETRY_AFTER, RunRef, TrackedRun
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
-from kflow.errors import ApiError
 
 __all__ = ["Expiry"]
 

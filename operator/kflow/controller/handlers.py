@@ -12,6 +12,9 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from kflow._errors import InvalidInput, TransientError
+from kflow._retry import backoff
+from kflow._serde import describe_validation_error
 from kflow.controller.bodies import (
     kflow_annotations,
     run_ref,
@@ -21,10 +24,7 @@ from kflow.controller.bodies import (
 )
 from kflow.controller.controller import Controller
 from kflow.controller.pod_manifest import RUN_LABEL, read_pod
-from kflow.errors import InvalidInput, TransientError
 from kflow.resources import GROUP, VERSION, WorkflowRunSpec
-from kflow.retry import backoff
-from kflow.serde import describe_validation_error
 
 __all__ = ["FINALIZER", "build_registry"]
 

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
+from kflow._engine import Engine
+from kflow._errors import LeaseHeld, LeaseLost, RunNotFound, TransientError
+from kflow._models import SegmentOutcome
+from kflow._retry import backoff
 from kflow.controller.runs import TrackedRun
-from kflow.engine import Engine
-from kflow.errors import LeaseHeld, LeaseLost, RunNotFound, TransientError
-from kflow.models import SegmentOutcome
-from kflow.retry import backoff
 
 __all__ = ["InlineExecutor"]
 

@@ -23,8 +23,8 @@ import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from kflow._errors import ApiError
 from kflow.apierrors import error_from
-from kflow.errors import ApiError
 from kflow.resources import GROUP, VERSION
 
 __all__ = ["KubeApi", "event_body"]

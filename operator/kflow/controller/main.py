@@ -10,17 +10,17 @@ from typing import Any
 
 import kopf
 
-from kflow.clock import SystemClock
+from kflow._clock import SystemClock
+from kflow._engine import RUNNING_AFTER, Engine
+from kflow._store import Store
+from kflow._store.progress import ProgressListener
+from kflow._workflow import Registry
 from kflow.controller.controller import Controller
 from kflow.controller.handlers import FINALIZER, build_registry
 from kflow.controller.kube import KubeApi
 from kflow.controller.pod_manifest import RUN_LABEL
 from kflow.controller.webhook import webhook_server
-from kflow.engine import RUNNING_AFTER, Engine
 from kflow.settings import OperatorSettings
-from kflow.store import Store
-from kflow.store.progress import ProgressListener
-from kflow.workflow import Registry
 
 __all__ = ["run_operator"]
 

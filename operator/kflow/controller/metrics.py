@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from kflow.models import RunStatus, StepKind, StepState, StepStatus
+from kflow._models import RunStatus, StepKind, StepState, StepStatus
 
 __all__ = ["Metrics"]
 

@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from kflow.clock import Clock
+from kflow._clock import Clock
+from kflow._engine import Engine
+from kflow._errors import ApiError, RunNotFound, TransientError
+from kflow._models import RunStatus
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RunRef
 from kflow.controller.status import MAX_EVENTS, build_status
-from kflow.engine import Engine
-from kflow.errors import ApiError, RunNotFound, TransientError
-from kflow.models import RunStatus
 from kflow.resources import EventDelivery, ExecutorView, WorkflowRunStatus
 
 __all__ = ["StatusMirror"]

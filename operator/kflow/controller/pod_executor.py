@@ -34,6 +34,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kflow._engine import Engine
+from kflow._errors import ApiError, RunNotFound, TransientError
+from kflow._models import SegmentOutcome
+from kflow._retry import backoff
 from kflow.controller.catalog import Catalog
 from kflow.controller.kube import KubeApi
 from kflow.controller.pod_manifest import (
@@ -48,10 +52,6 @@ from kflow.controller.pod_placement import PodTarget, Unplaceable, place
 from kflow.controller.pod_states import PodEvent, PodState
 from kflow.controller.runs import RETRY_AFTER, Purpose, TimerKey, TrackedRun
 from kflow.controller.tasks import Background
-from kflow.engine import Engine
-from kflow.errors import ApiError, RunNotFound, TransientError
-from kflow.models import SegmentOutcome
-from kflow.retry import backoff
 from kflow.settings import OperatorSettings
 
 __all__ = ["PodExecutor"]

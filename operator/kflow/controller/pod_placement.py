@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kflow._engine import Engine
+from kflow._errors import RunNotFound
 from kflow.controller.catalog import Catalog
 from kflow.controller.runs import RunRef, TrackedRun
-from kflow.engine import Engine
-from kflow.errors import RunNotFound
 from kflow.resources import PodTemplate
 
 __all__ = ["PodTarget", "Unplaceable", "place"]

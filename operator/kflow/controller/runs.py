@@ -27,8 +27,8 @@ from datetime import timedelta
 from enum import Enum
 from typing import NamedTuple
 
+from kflow._models import RunStatus
 from kflow.controller.pod_states import PodSlot
-from kflow.models import RunStatus
 
 __all__ = ["RETRY_AFTER", "Purpose", "RunRef", "TimerKey", "TrackedRun"]
 

@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from kflow.models import RunRecord, RunStatus, StepState, StepStatus
+from kflow._models import RunRecord, RunStatus, StepState, StepStatus
 from kflow.resources import (
     Condition,
     EventDelivery,

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from kflow.clock import Clock
+from kflow._clock import Clock
 
 __all__ = ["TimerWheel"]
 

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kflow._models import RunStatus
+from kflow._workflow import EVENT_NAME_RE
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
-from kflow.models import RunStatus
 from kflow.plugin import render
 from kflow.plugin.api import Cluster, PluginError
 from kflow.plugin.manifest import ManifestError, ManifestOptions, render_manifests
-from kflow.workflow import EVENT_NAME_RE
 
 __all__ = ["build_parser", "event_value", "main", "refusal"]
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from kflow.errors import DefinitionError
+from kflow._errors import DefinitionError
+from kflow._workflow import Registry, WorkflowDefinition
 from kflow.resources import GROUP, VERSION, WorkflowSpec
-from kflow.workflow import Registry, WorkflowDefinition
 
 __all__ = [
     "ManifestError",

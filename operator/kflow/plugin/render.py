@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kflow.models import TERMINAL
+from kflow._models import TERMINAL
 
 __all__ = [
     "FINISHED",

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kflow.errors import LeaseLost, RunNotFound
-from kflow.models import TERMINAL, RunStatus
-from kflow.store.base import StoreBase, guarded
-from kflow.store.rows import CONSUME_EVENT
+from kflow._errors import LeaseLost, RunNotFound
+from kflow._models import TERMINAL, RunStatus
+from kflow._store.base import StoreBase, guarded
+from kflow._store.rows import CONSUME_EVENT
 
 __all__ = ["Inbox", "SendResult"]
 

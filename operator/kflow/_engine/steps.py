@@ -17,13 +17,13 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from kflow.engine.compensations import Compensations
-from kflow.engine.journal import Journal
-from kflow.errors import NonRetryable, StepFailed, StepTimeout
-from kflow.models import StepState, StepStatus, SuspendKind, SuspendReason
-from kflow.retry import NO_RETRY, RetryPolicy
-from kflow.serde import decode, encode
-from kflow.workflow import return_type
+from kflow._engine.compensations import Compensations
+from kflow._engine.journal import Journal
+from kflow._errors import NonRetryable, StepFailed, StepTimeout
+from kflow._models import StepState, StepStatus, SuspendKind, SuspendReason
+from kflow._retry import NO_RETRY, RetryPolicy
+from kflow._serde import decode, encode
+from kflow._workflow import return_type
 
 __all__ = ["MISSING", "Steps"]
 

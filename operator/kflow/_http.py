@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kflow.clock import Clock
-from kflow.errors import CircuitOpenError
+from kflow._clock import Clock
+from kflow._errors import CircuitOpenError
 
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
     import httpx

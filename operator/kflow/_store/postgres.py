@@ -17,19 +17,19 @@ from typing import Any
 
 import asyncpg
 
-from kflow.errors import LeaseHeld, LeaseLost, PersistenceError, RunNotFound
-from kflow.models import (
+from kflow._errors import LeaseHeld, LeaseLost, PersistenceError, RunNotFound
+from kflow._models import (
     AuthContext,
     RunRecord,
     RunStatus,
     StepState,
     SuspendKind,
 )
-from kflow.store.base import guarded
-from kflow.store.inbox import Inbox
-from kflow.store.kvstore import KeyValues
-from kflow.store.migrations import apply_migrations
-from kflow.store.rows import (
+from kflow._store.base import guarded
+from kflow._store.inbox import Inbox
+from kflow._store.kvstore import KeyValues
+from kflow._store.migrations import apply_migrations
+from kflow._store.rows import (
     SNAPSHOT,
     WRITE_STEP,
     run_from_row,

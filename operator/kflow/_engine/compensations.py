@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from kflow.engine.journal import Journal
-from kflow.models import StepKind, StepState, StepStatus
-from kflow.serde import decode, encode
-from kflow.workflow import CompensationCall, CompensationDefinition, type_hints
+from kflow._engine.journal import Journal
+from kflow._models import StepKind, StepState, StepStatus
+from kflow._serde import decode, encode
+from kflow._workflow import CompensationCall, CompensationDefinition, type_hints
 
 __all__ = ["Compensations", "LOST_CLOSURE"]
 

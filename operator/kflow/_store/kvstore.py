@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from kflow.store.base import StoreBase, guarded
+from kflow._store.base import StoreBase, guarded
 
 __all__ = ["KeyValues"]
 

@@ -15,10 +15,10 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-from kflow.clock import Clock
-from kflow.errors import LeaseLost, PersistenceError, TransientError
-from kflow.models import RunRecord
-from kflow.store import Store
+from kflow._clock import Clock
+from kflow._errors import LeaseLost, PersistenceError, TransientError
+from kflow._models import RunRecord
+from kflow._store import Store
 
 __all__ = ["hold_lease"]
 

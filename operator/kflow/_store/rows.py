@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from kflow.models import (
+from kflow._models import (
     AuthContext,
     RunRecord,
     RunStatus,

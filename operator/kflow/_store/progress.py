@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import asyncpg
 
-from kflow.retry import backoff
-from kflow.store.postgres import Store
+from kflow._retry import backoff
+from kflow._store.postgres import Store
 
 __all__ = ["ProgressListener", "Progressor", "channel"]
 

@@ -14,7 +14,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from kflow.errors import SchemaError
+from kflow._errors import SchemaError
 
 __all__ = ["MIGRATIONS", "apply_migrations"]
 
@@ -23,7 +23,7 @@ _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 def _load() -> list[tuple[int, str, str]]:
     found = []
-    for entry in resources.files("kflow.store").joinpath("migrations").iterdir():
+    for entry in resources.files("kflow._store").joinpath("migrations").iterdir():
         match = _FILE.match(entry.name)
         if match:
             found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from kflow.errors import DefinitionError
+from kflow._errors import DefinitionError
 
 __all__ = [
     "CompensationCall",

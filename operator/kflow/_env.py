@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
-from kflow.errors import EnvError
+from kflow._errors import EnvError
 
 __all__ = ["EnvAccess", "EnvProvider", "MappingEnv", "OsEnv"]
 

@@ -13,7 +13,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
-from kflow.errors import KflowError, PersistenceError
+from kflow._errors import KflowError, PersistenceError
 
 __all__ = ["StoreBase", "guarded"]
 

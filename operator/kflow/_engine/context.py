@@ -11,7 +11,7 @@ the handler-facing API only: steps, waits and compensations are their own module
 Step keys: the first call of a step name is keyed by the name, later calls of the same
 name in one run by ``name#2``, ``name#3``... in call order; calls from tasks the handler
 starts are numbered per task (``name#t<path>-<n>``), so concurrent branches keep their
-keys whatever the interleaving (see `kflow.engine.scopes` and docs/concepts.md). Pass ``key=`` for
+keys whatever the interleaving (see `kflow._engine.scopes` and docs/concepts.md). Pass ``key=`` for
 data-driven loops (``ctx.step("charge", f, key=item.id)``) so that keys do not depend on
 iteration order.
 """
@@ -24,18 +24,18 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from kflow.engine.compensations import Compensations
-from kflow.engine.journal import Journal, base_name
-from kflow.engine.kv import KvHandle
-from kflow.engine.steps import MISSING, Steps
-from kflow.engine.waits import Waits
-from kflow.env import EnvAccess
-from kflow.errors import KflowError, PersistenceError
-from kflow.http import HttpClient
-from kflow.models import AuthContext, StepKind, StepState, StepStatus, SuspendKind, SuspendReason
-from kflow.retry import RetryPolicy
-from kflow.serde import decode, encode
-from kflow.store import Database
+from kflow._engine.compensations import Compensations
+from kflow._engine.journal import Journal, base_name
+from kflow._engine.kv import KvHandle
+from kflow._engine.steps import MISSING, Steps
+from kflow._engine.waits import Waits
+from kflow._env import EnvAccess
+from kflow._errors import KflowError, PersistenceError
+from kflow._http import HttpClient
+from kflow._models import AuthContext, StepKind, StepState, StepStatus, SuspendKind, SuspendReason
+from kflow._retry import RetryPolicy
+from kflow._serde import decode, encode
+from kflow._store import Database
 
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
     import httpx
@@ -207,7 +207,7 @@ class WorkflowContext(EnvAccess):
         done = [s for s in self._journal.records.values() if s.kind == StepKind.STEP and s.seq]
         return [s.key for s in sorted(done, key=lambda s: s.seq or 0, reverse=True)]
 
-    # -- compensation (see kflow.engine.compensations) -------------------------------------
+    # -- compensation (see kflow._engine.compensations) -------------------------------------
 
     async def register_compensation(self, step: str, handler: Any) -> None:
         """Attach a compensation to completed step ``step`` (same forms as ``compensate=``)."""
@@ -231,7 +231,7 @@ class WorkflowContext(EnvAccess):
         """Compensate completed steps in reverse completion order; ``[(step, ok)]``."""
         return await self.compensations.run()
 
-    # -- sleeps and event waits (kflow.engine.waits) -----------------------------------------
+    # -- sleeps and event waits (kflow._engine.waits) -----------------------------------------
 
     async def sleep(self, duration: timedelta) -> None:
         """Suspend for ``duration``; the wake time is persisted, the executor resumes the run."""

@@ -1,7 +1,7 @@
 """`Journal`: what one segment knows of its run, and the one path its records take.
 
 A segment replays the handler against the run's history. The journal holds that history
-(records by key), the saved state, how calls are numbered (`kflow.engine.scopes`), the
+(records by key), the saved state, how calls are numbered (`kflow._engine.scopes`), the
 workflow time reached so far, the lease epoch every write carries, and how the segment
 ends (a suspension, the end, or a store failure). Steps, waits and compensations read and
 write through it; `WorkflowContext` is the handler's view of it.
@@ -18,11 +18,11 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kflow.engine.scopes import Scopes
-from kflow.engine.services import Services
-from kflow.errors import PersistenceError, UndeclaredNameError, WorkflowTimeout
-from kflow.models import RunRecord, StepState, SuspendReason
-from kflow.workflow import WorkflowDefinition
+from kflow._engine.scopes import Scopes
+from kflow._engine.services import Services
+from kflow._errors import PersistenceError, UndeclaredNameError, WorkflowTimeout
+from kflow._models import RunRecord, StepState, SuspendReason
+from kflow._workflow import WorkflowDefinition
 
 __all__ = ["Journal", "SegmentEnded", "Suspended", "base_name"]
 
@@ -94,7 +94,7 @@ class Journal:
         return self._seq
 
     def next_key(self, name: str, *, first_bare: bool = True) -> str:
-        """The key of the next call of ``name`` (see `kflow.engine.scopes`)."""
+        """The key of the next call of ``name`` (see `kflow._engine.scopes`)."""
         return self._scopes.next_key(name, first_bare=first_bare)
 
     def declared(self, kind: str, name: str) -> None:

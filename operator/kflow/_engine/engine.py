@@ -24,14 +24,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from kflow.clock import Clock, SystemClock
-from kflow.engine.leases import hold_lease
-from kflow.engine.segment import Segments, decode_input, segment_outcome
-from kflow.engine.services import Services
-from kflow.env import EnvProvider, OsEnv
-from kflow.errors import KflowError, UndeclaredNameError
-from kflow.http import CircuitBreakers
-from kflow.models import (
+from kflow._clock import Clock, SystemClock
+from kflow._engine.leases import hold_lease
+from kflow._engine.segment import Segments, decode_input, segment_outcome
+from kflow._engine.services import Services
+from kflow._env import EnvProvider, OsEnv
+from kflow._errors import KflowError, UndeclaredNameError
+from kflow._http import CircuitBreakers
+from kflow._models import (
     AuthContext,
     RunRecord,
     RunStatus,
@@ -40,9 +40,9 @@ from kflow.models import (
     SuspendKind,
     SuspendReason,
 )
-from kflow.serde import encode
-from kflow.store import Database, SendResult, Store
-from kflow.workflow import Registry, WorkflowDefinition
+from kflow._serde import encode
+from kflow._store import Database, SendResult, Store
+from kflow._workflow import Registry, WorkflowDefinition
 
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
     import httpx

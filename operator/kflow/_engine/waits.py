@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kflow.engine.journal import Journal
-from kflow.errors import EventPayloadError, EventTimeout
-from kflow.models import StepKind, StepState, StepStatus, SuspendKind, SuspendReason
-from kflow.serde import decode, describe_validation_error
+from kflow._engine.journal import Journal
+from kflow._errors import EventPayloadError, EventTimeout
+from kflow._models import StepKind, StepState, StepStatus, SuspendKind, SuspendReason
+from kflow._serde import decode, describe_validation_error
 
 __all__ = ["Waits"]
 

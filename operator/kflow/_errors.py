@@ -30,7 +30,7 @@
 `ApiError` is not a `KflowError`: it is the API server's answer, passed on (a handler that
 refuses what kflow raises on purpose must not swallow it); `kflow.apierrors` decodes it.
 
-Suspension (sleep, event wait) is not an error: it is `kflow.context.Suspended`, a
+Suspension (sleep, event wait) is not an error: it is `kflow._engine.Suspended`, a
 `BaseException` so that ``except Exception`` in user code cannot swallow it.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from kflow.errors import NonRetryable
+from kflow._errors import NonRetryable
 
 __all__ = ["RetryPolicy", "backoff"]
 

@@ -1,6 +1,6 @@
 """One segment of a run: replay its handler (or its compensations) under a held lease.
 
-`Segments` is the engine's friend, as `kflow.engine.steps` is the context's: `Engine` takes the
+`Segments` is the engine's friend, as `kflow._engine.steps` is the context's: `Engine` takes the
 lease and calls `advance` (bind the run to its code, replay the handler until it suspends
 or ends) or `compensate` (a cancelled run's undoing), and `finish` records how the segment
 left the run and gives the lease back. Store failures and lost leases propagate.
@@ -15,15 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kflow.clock import Clock
-from kflow.engine.context import WorkflowContext
-from kflow.engine.journal import Journal, SegmentEnded, Suspended
-from kflow.engine.services import Services
-from kflow.errors import InvalidInput, TransientError, WorkflowTimeout
-from kflow.models import RunRecord, RunStatus, SegmentOutcome, StepStatus, SuspendReason
-from kflow.serde import decode, describe_validation_error, encode
-from kflow.store import Store
-from kflow.workflow import Registry, WorkflowDefinition
+from kflow._clock import Clock
+from kflow._engine.context import WorkflowContext
+from kflow._engine.journal import Journal, SegmentEnded, Suspended
+from kflow._engine.services import Services
+from kflow._errors import InvalidInput, TransientError, WorkflowTimeout
+from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepStatus, SuspendReason
+from kflow._serde import decode, describe_validation_error, encode
+from kflow._store import Store
+from kflow._workflow import Registry, WorkflowDefinition
 
 __all__ = ["Segments", "decode_input", "segment_outcome"]
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from kflow.clock import Clock
-from kflow.env import EnvProvider
-from kflow.http import CircuitBreakers
-from kflow.models import StepState
-from kflow.store import Database, Store
-from kflow.workflow import Registry
+from kflow._clock import Clock
+from kflow._env import EnvProvider
+from kflow._http import CircuitBreakers
+from kflow._models import StepState
+from kflow._store import Database, Store
+from kflow._workflow import Registry
 
 if TYPE_CHECKING:  # httpx costs ~70 ms to import: only code that makes requests pays
     import httpx

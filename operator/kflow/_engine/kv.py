@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kflow.clock import Clock
-from kflow.serde import decode, encode
-from kflow.store import Store
+from kflow._clock import Clock
+from kflow._serde import decode, encode
+from kflow._store import Store
 
 __all__ = ["KvHandle"]
 
