@@ -5,7 +5,7 @@ test:
 demo:
 	./scripts/demo.sh
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports --no-cache
 bench:
 	.venv/bin/python bench/step_overhead.py
 crds:
