@@ -18,6 +18,7 @@ from kflow import (
     compensation,
     workflow,
 )
+from kflow._engine import SegmentEnded
 
 pytestmark = pytest.mark.integration
 
@@ -372,3 +373,24 @@ async def test_tasks_started_after_a_swallowed_suspension_record_nothing(make_en
         assert "summary" not in {s.key for s in await env.engine.history(run.run_id)}
         done = await env.drive(run.run_id)
         assert (done.status, done.output) == (RunStatus.COMPLETED, ["a"])
+
+
+async def test_a_stray_save_state_says_its_segment_ended_before_judging_the_value(
+    make_env,
+) -> None:
+    stray: list[asyncio.Task[None]] = []
+
+    @workflow(name="stray-state", steps=[])
+    async def leaves_a_task(ctx: WorkflowContext) -> str:
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            await ctx.save_state("k", object())  # not JSON, and the segment is over
+
+        stray.append(asyncio.create_task(later()))
+        return "done"
+
+    async with make_env(leaves_a_task) as env:
+        done = await env.execute(leaves_a_task)
+        assert done.status is RunStatus.COMPLETED
+        with pytest.raises(SegmentEnded, match="this segment has ended"):
+            await stray[0]

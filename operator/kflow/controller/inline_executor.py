@@ -85,12 +85,12 @@ class InlineExecutor:
                 log.exception("run %s: the segment failed unexpectedly", run_id)
                 self._back_off(run, "unexpected error")
                 return
-            run.failures = 0
+            run.inline_failures = 0
         await self._on_outcome(outcome)
 
     def _back_off(self, run: TrackedRun, why: str) -> None:
-        run.failures += 1
-        delay = backoff(run.failures)
+        run.inline_failures += 1
+        delay = backoff(run.inline_failures)
         log.warning("run %s: %s; trying again in %.0fs", run.run_id, why, delay)
         self._retry_at(run.run_id, self._engine.clock.now() + timedelta(seconds=delay))
 

@@ -122,30 +122,31 @@ class PodExecutor:
             await self._dispatch_once(run)
         except Exception as exc:  # never leave the run marked as dispatching forever
             log.exception("run %s: dispatching a segment failed unexpectedly", run.run_id)
-            if run.pod.state is PodState.DISPATCHING:
-                run.pod = run.pod.step(PodEvent.ABANDONED)
+            self._abandon(run)
             self._retry(run, f"unexpected {type(exc).__name__}")
 
     async def _dispatch_once(self, run: TrackedRun) -> None:
         try:
             placed = await self._place(run)
-            name = await self._pod_for(run, placed) if isinstance(placed, PodTarget) else None
+            if isinstance(placed, Unplaceable):
+                self._abandon(run)
+                await self._on_problem(run.run_id, "NoPodTemplate", placed.reason)
+                await self._give_up(run, placed.reason, blocked=True)
+                return
+            name = await self._pod_for(run, placed) if placed is not None else None
         except (TransientError, RunNotFound) as exc:
-            run.pod = run.pod.step(PodEvent.ABANDONED)
+            self._abandon(run)
             self._retry(run, f"cannot dispatch a segment: {exc}")
             return
         except (ApiError, OSError) as exc:
-            run.pod = run.pod.step(PodEvent.ABANDONED)
+            self._abandon(run)
             if isinstance(exc, ApiError) and exc.permanent:
                 await self._failed(run, f"the segment Pod was refused: {exc}")
             else:
                 self._retry(run, f"cannot dispatch a segment: {exc}")
             return
-        if name is None:  # nothing to run: the run is gone, or cannot go to a Pod
+        if name is None:  # nothing to run: the run is gone
             run.pod = run.pod.step(PodEvent.ABANDONED)
-            if isinstance(placed, Unplaceable):
-                await self._on_problem(run.run_id, "NoPodTemplate", placed.reason)
-                await self._give_up(run, placed.reason, blocked=True)
             return
         if not self._current(run):  # forgotten meanwhile: its WorkflowRun is gone
             return
@@ -156,6 +157,13 @@ class PodExecutor:
         elif facts is None or not facts.started:
             self._arm(run, TimerKey(Purpose.POD_START, name), self._settings.pod_start_timeout,
                       lambda: self._not_started(run, name))  # fmt: skip
+
+    @staticmethod
+    def _abandon(run: TrackedRun) -> None:
+        """This dispatch ends without a Pod (once: the error after a refusal's report
+        finds it abandoned already)."""
+        if run.pod.state is PodState.DISPATCHING:
+            run.pod = run.pod.step(PodEvent.ABANDONED)
 
     async def _pod_for(self, run: TrackedRun, placed: PodTarget) -> str:
         """The run's live Pod (made before an operator restart), or a new one: its name."""
@@ -237,7 +245,8 @@ class PodExecutor:
             run.disarm(TimerKey(Purpose.POD_START, pod.name))
 
     async def _vanished(self, run: TrackedRun, name: str) -> None:
-        if run.pod.pod == name:
+        # Current: the timer may have fired in the loop turn that forgot the run.
+        if self._current(run) and run.pod.pod == name:
             self._end(
                 run,
                 name,
@@ -268,7 +277,7 @@ class PodExecutor:
         if not end.ok and not stopped:
             await self._failed(run, f"pod {name}: {end.message}")
             return
-        run.failures = 0
+        run.pod_failures = 0
         try:
             outcome = await self._engine.outcome(run.run_id)
         except RunNotFound:
@@ -280,8 +289,8 @@ class PodExecutor:
 
     async def _not_started(self, run: TrackedRun, name: str) -> None:
         facts = self._pods.get(name) or _PodFacts()
-        if run.pod.pod != name or facts.started:
-            return
+        if not self._current(run) or run.pod.pod != name or facts.started:
+            return  # forgotten (the timer fired as it was), moved on, or started
         problem = facts.problem or "still Pending"
         timeout = self._settings.pod_start_timeout.total_seconds()
         self._end(run, name, PodEnd(False, f"did not start within {timeout:.0f}s: {problem}"))
@@ -294,15 +303,15 @@ class PodExecutor:
 
     async def _failed(self, run: TrackedRun, message: str) -> None:
         """A segment failed outside the run's code: retry it with backoff, up to the limit."""
-        failures = run.failures + 1
+        failures = run.pod_failures + 1
         limit = self._settings.segment_retries
         if failures > limit:
-            run.failures = 0
+            run.pod_failures = 0
             await self._give_up(
                 run, f"its segment failed {failures} times in a row; last: {message}"
             )
             return
-        run.failures = failures
+        run.pod_failures = failures
         delay = backoff(failures)
         await self._on_problem(
             run.run_id, "SegmentFailed",

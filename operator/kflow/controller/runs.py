@@ -93,8 +93,11 @@ class TrackedRun:
 
     steal: bool = False
     """The next segment takes the run's lease even if held (its holder is known dead)."""
-    failures: int = 0
-    """Segments in a row that failed outside the run's code (store, lease, Pod)."""
+    inline_failures: int = 0
+    """Inline segments in a row that the store or a held lease stopped (their back-off)."""
+    pod_failures: int = 0
+    """Segment Pods in a row that failed (counted against ``segment_retries``). Apart from
+    `inline_failures`: an outage while the run was inline does not use up its Pods' retries."""
     segment: asyncio.Task[None] | None = None
     """Inline: the task running the run's segment. Forgetting the run does not cancel it
     (a cancel stopped it before); it ends on its own."""
