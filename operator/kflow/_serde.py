@@ -14,9 +14,12 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-__all__ = ["decode", "describe_validation_error", "encode"]
+__all__ = ["decode", "describe_validation_error", "encode", "type_name"]
 
 _SCALARS = (str, int, float, bool, type(None))
+
+
+_NONE = type(None)
 
 
 def encode(value: Any) -> Any:
@@ -43,9 +46,14 @@ def adapter(tp: Any) -> TypeAdapter[Any]:
 
 def decode(value: Any, tp: Any) -> Any:
     """``value`` (JSON) as ``tp``; the JSON itself when ``tp`` is None."""
-    if tp is None or tp is Any:
+    if tp is None or tp is Any or (value is None and tp is _NONE):
         return value
     return adapter(tp).validate_python(value)
+
+
+def type_name(tp: Any) -> str:
+    """How an error names a type: ``Item``, ``list[int]``."""
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

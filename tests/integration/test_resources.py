@@ -50,7 +50,7 @@ async def test_http_calls_in_steps_and_the_breaker(make_env, http_base: str) -> 
         async def fetch() -> object:
             return (await ctx.http.get(f"{http_base}/orders/1")).json()
 
-        async def probe() -> list[int]:
+        async def probe() -> list[int | str]:
             codes = [(await ctx.http.get(f"{http_base}/down")).status_code for _ in range(5)]
             try:
                 await ctx.http.get(f"{http_base}/down")

@@ -24,7 +24,7 @@ from kflow._errors import PersistenceError, UndeclaredNameError, WorkflowTimeout
 from kflow._models import RunRecord, StepState, SuspendReason
 from kflow._workflow import WorkflowDefinition
 
-__all__ = ["Journal", "SegmentEnded", "Suspended", "base_name"]
+__all__ = ["CodeMismatch", "Journal", "SegmentEnded", "Suspended", "base_name"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,12 @@ class Suspended(BaseException):
 
 class SegmentEnded(BaseException):
     """Raised in tasks a handler left running after its segment ended."""
+
+
+class CodeMismatch(BaseException):
+    """The history does not fit the code replaying it (a recorded result no longer
+    decodes into its declared type): the run blocks instead of going on. Not an
+    `Exception`, so a handler's ``except Exception`` cannot go on past it."""
 
 
 class Journal:
@@ -68,6 +74,7 @@ class Journal:
         self._time = self.started_at
         self._suspend: SuspendReason | None = None
         self._poison: PersistenceError | None = None
+        self._mismatch: str | None = None
         self._closed = False
 
     @property
@@ -119,6 +126,8 @@ class Journal:
             raise SegmentEnded(f"run {self.run_id}: this segment has ended")
         if self._poison is not None:
             raise self._poison
+        if self._mismatch is not None:
+            raise CodeMismatch(self._mismatch)
         deadline = self.run.deadline
         past = deadline is not None and self.services.clock.now() >= deadline
         if new_work and past:
@@ -167,6 +176,17 @@ class Journal:
         self._suspend = reason
         self._scopes.mark_suspended()
         return Suspended(reason)
+
+    def mismatch(self, message: str) -> CodeMismatch:
+        """The replay found history this code cannot read: the segment blocks the run
+        with ``message`` (which names the record and what to do); raise the result."""
+        self._mismatch = self._mismatch or message
+        return CodeMismatch(self._mismatch)
+
+    @property
+    def mismatched(self) -> str | None:
+        """Why the replay could not go on, if the history did not fit the code."""
+        return self._mismatch
 
     def take_suspend_reason(self) -> SuspendReason | None:
         """Why the handler stopped, if it suspended; cleared by reading."""

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kflow._clock import Clock
 from kflow._engine.context import WorkflowContext
-from kflow._engine.journal import Journal, SegmentEnded, Suspended
+from kflow._engine.journal import CodeMismatch, Journal, SegmentEnded, Suspended
 from kflow._engine.services import Services
 from kflow._errors import InvalidInput, TransientError, WorkflowTimeout
 from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepStatus, SuspendReason
@@ -117,23 +117,26 @@ class Segments:
         error: str | None = None
         output: Any = None
         remaining = (run.deadline - self.clock.now()).total_seconds() if run.deadline else None
+        limit = asyncio.timeout(remaining)
         try:
             if remaining is not None and remaining <= 0:
                 raise WorkflowTimeout(f"run passed its deadline {run.deadline}")
-            async with asyncio.timeout(remaining):
+            async with limit:
                 ctx = WorkflowContext(journal)
                 args = (ctx, arg) if definition.takes_input else (ctx,)
                 result = await definition.handler(*args)
             output = encode(result)
-        except (Suspended, SegmentEnded):
+        except (Suspended, SegmentEnded, CodeMismatch):
             pass
         except BaseExceptionGroup as group:  # a TaskGroup in the handler
             error = _group_error(group)
         except TransientError:
             raise
         except TimeoutError as exc:
+            # The deadline on the engine's clock, or the loop's timer for it (the two
+            # differ under a virtual clock): either way the run timed out.
             expired = run.deadline is not None and self.clock.now() >= run.deadline
-            if expired or isinstance(exc, WorkflowTimeout):
+            if expired or limit.expired() or isinstance(exc, WorkflowTimeout):
                 exc = WorkflowTimeout(f"run passed its deadline {run.deadline}")
             error = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
@@ -142,6 +145,10 @@ class Segments:
             journal.close()
         if journal.poisoned is not None:
             raise journal.poisoned
+        if journal.mismatched is not None:  # before a suspension: the replay cannot go on
+            status = RunStatus.BLOCKED_SIGNATURE_MISMATCH
+            await self.finish(run, status, error=journal.mismatched)
+            return segment_outcome(run.run_id, status, error=journal.mismatched)
         reason = journal.take_suspend_reason()
         now = self.clock.now()
         if reason is not None:
@@ -207,7 +214,7 @@ def decode_input(definition: WorkflowDefinition, raw: Any) -> Any:
 def _group_error(group: BaseExceptionGroup) -> str | None:
     """What a TaskGroup's exceptions mean for the segment: None when its tasks only
     suspended; a store failure propagates; otherwise the first error fails the run."""
-    _, errors = group.split((Suspended, SegmentEnded))
+    _, errors = group.split((Suspended, SegmentEnded, CodeMismatch))
     if errors is None:
         return None
     transient, _ = errors.split(TransientError)

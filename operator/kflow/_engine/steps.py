@@ -2,7 +2,9 @@
 
 A step that completed before returns its recorded result (decoded to the step's type);
 one that failed for good raises the same `StepFailed` again. A new one runs attempt by
-attempt: each outcome is written before the handler sees it; a backoff up to
+attempt: each outcome is written before the handler sees it, and the handler gets the
+result decoded from its JSON form, as a replay does, so both see the same value; a
+synchronous step function runs in a thread, off the event loop; a backoff up to
 ``max_inline_backoff`` is waited in the segment, a longer one suspends the run (a retry
 wait, persisted like a sleep); a step running longer than ``record_running_after`` is
 recorded as running, so the operator can show it.
@@ -17,12 +19,14 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from kflow._engine.compensations import Compensations
 from kflow._engine.journal import Journal
 from kflow._errors import NonRetryable, StepFailed, StepTimeout
 from kflow._models import StepState, StepStatus, SuspendKind, SuspendReason
 from kflow._retry import NO_RETRY, RetryPolicy
-from kflow._serde import decode, encode
+from kflow._serde import decode, describe_validation_error, encode, type_name
 from kflow._workflow import return_type
 
 __all__ = ["MISSING", "Steps"]
@@ -34,6 +38,11 @@ MISSING: Any = object()
 
 class _ResultNotJSON(NonRetryable, TypeError):
     """A step returned something JSON cannot hold: retrying would not help."""
+
+
+class ResultTypeError(NonRetryable, TypeError):
+    """A step's result does not fit the type it declares (its return annotation or
+    ``result_type=``): retrying would not help."""
 
 
 class Steps:
@@ -65,7 +74,10 @@ class Steps:
         found = j.records.get(skey)
         if found is not None and found.status.has_result:
             j.reach(found.completed_at)
-            result = decode(found.result, rtype)
+            try:
+                result = decode(found.result, rtype)
+            except ValidationError as exc:
+                raise j.mismatch(_misfit(j, skey, rtype, exc)) from exc
             self._compensations.keep(skey, compensate, result)
             return result
         if found is not None and found.status == StepStatus.FAILED:
@@ -144,14 +156,35 @@ class Steps:
         j.guard(new_work=True)
 
 
+def _misfit(journal: Journal, key: str, rtype: Any, exc: ValidationError) -> str:
+    run = journal.run
+    return (
+        f"step {key!r}: its recorded result no longer fits its declared type "
+        f"{type_name(rtype)} ({describe_validation_error(exc)}): the code of workflow "
+        f"{run.workflow_name!r} v{run.workflow_version} changed under this run. Deploy the "
+        "code the run started with (or give the new code a new version, for new runs), "
+        "then retry the run; the step does not run again"
+    )
+
+
 def _replayed_failure(key: str, error: str | None) -> StepFailed:
     error_type, _, message = (error or "Error: unknown").partition(": ")
     return StepFailed(key, error_type, message)
 
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    value = fn(*args, **kwargs)
-    return await value if inspect.isawaitable(value) else value
+    if _is_async(fn):
+        return await fn(*args, **kwargs)
+    # A blocking function must not stall the loop (lease renewal, other runs); the
+    # attempt's timeout stops waiting for it, but a thread cannot be stopped.
+    value = await asyncio.to_thread(fn, *args, **kwargs)
+    return await value if inspect.isawaitable(value) else value  # lambda: some_coroutine()
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004  (an object with an async __call__)
+    )
 
 
 async def _invoke(
@@ -178,4 +211,10 @@ async def _invoke(
         encoded = encode(result)
     except TypeError as exc:
         raise _ResultNotJSON(str(exc)) from exc
-    return (result if rtype is not None else encoded), encoded
+    try:  # what a replay will return, so the first run sees the same value
+        return decode(encoded, rtype), encoded
+    except ValidationError as exc:
+        raise ResultTypeError(
+            f"its result does not fit its declared type {type_name(rtype)}: "
+            f"{describe_validation_error(exc)}"
+        ) from exc

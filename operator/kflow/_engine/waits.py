@@ -34,6 +34,12 @@ class Waits:
         await self._sleep(lambda now: now + duration if duration > timedelta(0) else None)
 
     async def sleep_until(self, wake_at: datetime) -> None:
+        if wake_at.utcoffset() is None:
+            raise TypeError(
+                f"sleep_until(wake_at={wake_at!r}): wake_at has no time zone; pass an aware "
+                "datetime (datetime.now(UTC) + ..., or .replace(tzinfo=UTC) if it is UTC)"
+            )
+
         def wake(now: datetime) -> datetime | None:
             if wake_at <= now:
                 self._journal.reach(wake_at)  # a fixed time: the same on every replay
@@ -121,7 +127,16 @@ class Waits:
         state = j.records.get(key)
         if state is not None and state.status == StepStatus.COMPLETED:
             j.reach(state.completed_at)
-            return _parse_event(name, state.result, type)
+            try:
+                return _parse_event(name, state.result, type)
+            except EventPayloadError as exc:  # it fitted when it was taken: the code changed
+                run = j.run
+                raise j.mismatch(
+                    f"wait {key!r}: {exc} (it fitted when the run took it: the code of "
+                    f"workflow {run.workflow_name!r} v{run.workflow_version} changed under "
+                    "this run). Deploy the code the run started with (or give the new code "
+                    "a new version, for new runs), then retry the run"
+                ) from exc
         if state is not None and state.status == StepStatus.FAILED:
             j.reach(state.completed_at)
             raise EventTimeout(state.error or f"event {name!r} timed out")
