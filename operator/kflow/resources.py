@@ -110,14 +110,23 @@ class EventDelivery(_Model):
     name: str
     state: Literal["pending", "consumed", "rejected"]
     consumed_by: str | None = Field(default=None, alias="consumedBy")
-    message: str | None = None
+    message: str | None = Field(
+        default=None, description="Why it was rejected (the entry names the event)."
+    )
+    at: datetime | None = Field(
+        default=None,
+        description="When it was received (refused before it reached the inbox: when it "
+        "was refused); the list is in this order.",
+    )
 
 
 class ExecutorView(_Model):
     """Where the run's segments execute, and what last went wrong there."""
 
     kind: Literal["inline", "pod"]
-    pod: str | None = Field(default=None, description="The segment Pod running now.")
+    pod: str | None = Field(
+        default=None, description="The segment Pod running now (none between segments)."
+    )
     message: str | None = Field(
         default=None, description="The last failure of a segment Pod, until one succeeds."
     )

@@ -131,8 +131,14 @@ def test_bad_payloads_are_reported_and_lose_nothing(
     runs.annotate("picky", "event.kflow.io/approved", '{"who": "cy"}')
     wait_for(lambda: len(runs.rejected("picky")) == 2, what="the misfit's rejection")
     assert any("by: Field required" in e["message"] for e in runs.rejected("picky"))
-    wait_for(lambda: any("approved: event 'approved': payload does not match" in e
+    wait_for(lambda: any("event.kflow.io/approved: payload does not match Approval" in e
                          for e in runs.events("picky")), what="its EventRejected")  # fmt: skip
+    # One form, in time order: refused by the operator, then set aside by the wait.
+    assert [e["message"].split(":")[0] for e in runs.rejected("picky")] == [
+        "payload is not JSON", "payload does not match Approval",
+    ]  # fmt: skip
+    rejections = sorted(e for e in runs.events("picky") if e.startswith("EventRejected"))
+    assert [e.split(": ")[1] for e in rejections] == ["event.kflow.io/approved"] * 2
     assert runs.status("picky")["phase"] == "Waiting"
     runs.annotate("picky", "event.kflow.io/approved", '{"by": "cy"}')
     assert runs.wait_phase("picky", "Completed")["output"] == "cy"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kflow import RunStatus, StepState, StepStatus, VirtualClock
+from kflow import Clock, RunStatus, StepState, StepStatus, VirtualClock
 from kflow._clock import SystemClock
 from kflow._models import RunRecord, StepKind, SuspendKind
 from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
@@ -17,7 +18,7 @@ from kflow.controller.mirror import StatusMirror
 from kflow.controller.runs import RunRef
 from kflow.controller.status import build_status
 from kflow.controller.timers import TimerWheel
-from kflow.resources import EventDelivery
+from kflow.resources import EventDelivery, ExecutorView
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -166,22 +167,29 @@ class _Recorder:
         self.store = self
         self.phase = RunStatus.RUNNING
         self.history: list[StepState] = []
+        self.fields: dict[str, object] = {}
+        self.inbox: list[dict[str, Any]] = []
         self.patched: list[tuple[float, str]] = []
         self.bodies: list[dict[str, Any]] = []
 
     async def snapshot(self, run_id: uuid.UUID, *, last_steps: int) -> tuple[object, ...]:
-        return _run(run_id=run_id, status=self.phase), self.history, len(self.history), []
+        run = _run(run_id=run_id, status=self.phase, **self.fields)
+        return run, self.history, len(self.history), self.inbox
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patched.append((asyncio.get_running_loop().time(), str(status["phase"])))
         self.bodies.append(status)
 
 
-def _mirror(fake: _Recorder, interval: float) -> StatusMirror:
+def _mirror(
+    fake: _Recorder, interval: float, executor: Callable[[uuid.UUID], ExecutorView | None] = (
+        lambda _: None
+    ), clock: Clock | None = None,
+) -> StatusMirror:  # fmt: skip
     ref = RunRef(namespace="ns", name="r", uid=str(uuid.UUID(int=1)))
     return StatusMirror(
-        engine=fake, kube=fake, clock=SystemClock(),  # type: ignore[arg-type]
-        interval=timedelta(seconds=interval), ref=lambda _: ref, executor=lambda _: None,
+        engine=fake, kube=fake, clock=clock or SystemClock(),  # type: ignore[arg-type]
+        interval=timedelta(seconds=interval), ref=lambda _: ref, executor=executor,
         on_rejected=lambda *_: asyncio.sleep(0), max_steps=50, max_output_bytes=1024,
     )  # fmt: skip
 
@@ -273,3 +281,56 @@ async def test_a_finished_run_ending_again_differently_is_written() -> None:
     mirror.touch(run_id, urgent=True)  # nothing changed: nothing written
     await asyncio.sleep(0.05)
     assert len(fake.patched) == 2
+
+
+async def test_a_key_gone_from_a_status_object_is_written_as_null() -> None:
+    """A merge patch keeps what it does not name: the Pod that ended (and a deadline that
+    went) must be written as null, or the object keeps showing them."""
+    run_id = uuid.UUID(int=1)
+    fake = _Recorder()
+    pod: list[str | None] = ["order-1-s1"]
+    mirror = _mirror(fake, 0.01, executor=lambda _: ExecutorView(kind="pod", pod=pod[0]))
+    fake.phase = RunStatus.WAITING
+    fake.fields = {"suspend_kind": SuspendKind.EVENT, "waiting_event": "go",
+                   "wake_at": NOW + timedelta(hours=1)}  # fmt: skip
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert fake.bodies[-1]["executor"]["pod"] == "order-1-s1"
+    assert fake.bodies[-1]["waiting"]["until"] is not None
+    pod[0] = None  # the segment's Pod ended
+    fake.fields = {"suspend_kind": SuspendKind.EVENT, "waiting_event": "go"}  # no deadline
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    assert fake.bodies[-1]["executor"] == {"kind": "pod", "pod": None, "message": None}
+    assert fake.bodies[-1]["waiting"] == {"kind": "event", "until": None, "event": "go"}
+
+
+async def test_refused_events_are_in_time_order_in_one_form() -> None:
+    run_id = uuid.UUID(int=1)
+    fake = _Recorder()
+    clock = VirtualClock(NOW + timedelta(minutes=2))
+    mirror = _mirror(fake, 0.01, clock=clock)
+    minute = timedelta(minutes=1)
+    fake.inbox = [
+        {"id": 1, "name": "confirm", "consumed_by": "@event:confirm#1", "rejected": None,
+         "received_at": NOW.isoformat(), "consumed_at": (NOW + minute).isoformat()},
+        {"id": 2, "name": "confirm", "consumed_by": "@event:confirm#2",
+         "rejected": "event 'confirm': payload does not match Ok: by: Field required",
+         "received_at": (NOW + 3 * minute).isoformat(),
+         "consumed_at": (NOW + 4 * minute).isoformat()},
+        {"id": 3, "name": "confirm", "consumed_by": None, "rejected": None,
+         "received_at": None, "consumed_at": None},
+    ]  # fmt: skip
+    mirror.reject(run_id, "confirm", "payload is not JSON: Expecting value")  # at NOW + 2 min
+    mirror.touch(run_id, urgent=True)
+    await asyncio.sleep(0.05)
+    events = fake.bodies[-1]["events"]
+    assert [(e["state"], e.get("message")) for e in events] == [
+        ("consumed", None),
+        ("rejected", "payload is not JSON: Expecting value"),
+        ("rejected", "payload does not match Ok: by: Field required"),
+        ("pending", None),  # no time yet: last
+    ]
+    assert [e.get("at") for e in events[:3]] == [
+        (NOW + n * minute).isoformat().replace("+00:00", "Z") for n in (0, 2, 3)
+    ]

@@ -67,7 +67,7 @@ SETTINGS = SimpleNamespace(
 
 def _executor(run: TrackedRun) -> tuple[PodExecutor, dict[uuid.UUID, TrackedRun], Any]:
     runs = {run.run_id: run}
-    seen = SimpleNamespace(problems=[], retries=[], kube=_Kube(), engine=_Engine())
+    seen = SimpleNamespace(problems=[], retries=[], placed=[], kube=_Kube(), engine=_Engine())
 
     async def on_problem(run_id: uuid.UUID, reason: str, message: str) -> None:
         seen.problems.append(message)
@@ -78,10 +78,18 @@ def _executor(run: TrackedRun) -> tuple[PodExecutor, dict[uuid.UUID, TrackedRun]
     executor = PodExecutor(
         engine=seen.engine, kube=seen.kube, settings=SETTINGS,  # type: ignore[arg-type]
         runs=runs, catalog=_Catalog(),  # type: ignore[arg-type]
-        on_outcome=on_outcome, on_problem=on_problem,
+        on_outcome=on_outcome, on_problem=on_problem, on_placed=seen.placed.append,
         retry_at=lambda run_id, when: seen.retries.append(when),
     )  # fmt: skip
     return executor, runs, seen
+
+
+def _succeeded_pod(ref: RunRef, name: str) -> dict[str, Any]:
+    ended = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    return {
+        "metadata": {"name": name, "namespace": ref.namespace, "labels": {RUN_LABEL: ref.uid}},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"state": ended}]},
+    }
 
 
 def _failed_pod(ref: RunRef, name: str) -> dict[str, Any]:
@@ -142,3 +150,19 @@ async def test_a_pod_that_does_not_start_in_time_fails_its_segment() -> None:
     assert seen.kube.deleted == [pod]
     assert len(seen.problems) == 1 and "did not start within" in seen.problems[0]
     assert run.pod.state is PodState.IDLE and run.pod_failures == 1
+
+
+async def test_each_segment_pod_is_told_as_it_is_placed() -> None:
+    """So the status names it (``status.executor.pod``) even if its segment records
+    nothing while it runs."""
+    run = _tracked()
+    executor, _, seen = _executor(run)
+    executor.submit(run)
+    await _until(lambda: run.pod.state is PodState.RUNNING)
+    assert seen.placed == [run.run_id]
+    first = run.pod.pod
+    executor.pod_event(read_pod(_succeeded_pod(run.ref, first)))
+    await _until(lambda: run.pod.state is PodState.IDLE)
+    executor.submit(run)
+    await _until(lambda: run.pod.state is PodState.RUNNING)
+    assert run.pod.pod != first and seen.placed == [run.run_id, run.run_id]

@@ -26,7 +26,7 @@ from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.controller.adoption import Adoption
 from kflow.controller.bodies import Invalid, WorkflowObject, workflow_object
 from kflow.controller.catalog import Catalog
-from kflow.controller.delivery import AnnotationDelivery
+from kflow.controller.delivery import AnnotationDelivery, rejected_event_text
 from kflow.controller.expiry import Expiry
 from kflow.controller.inline_executor import InlineExecutor
 from kflow.controller.kube import KubeApi
@@ -83,7 +83,8 @@ class Controller:
         self.pods = PodExecutor(
             engine=engine, kube=kube, settings=settings, runs=self._runs,
             catalog=self.catalog, on_outcome=self._outcome,
-            on_problem=self._pod_problem, retry_at=self.timers.schedule,
+            on_problem=self._pod_problem, on_placed=self._pod_placed,
+            retry_at=self.timers.schedule,
         )  # fmt: skip
         self.mirror = StatusMirror(
             engine=engine, kube=kube, clock=clock, interval=settings.status_interval,
@@ -175,6 +176,9 @@ class Controller:
         executor.submit(record, steal=steal)
         return executor
 
+    def _pod_placed(self, run_id: uuid.UUID) -> None:
+        self.mirror.touch(run_id)  # status.executor.pod names it
+
     async def _pod_problem(self, run_id: uuid.UUID, reason: str, message: str) -> None:
         self.metrics.pod_problems.labels(reason).inc()
         record = self._tracked(run_id)
@@ -193,7 +197,7 @@ class Controller:
     async def _payload_rejected(self, run_id: uuid.UUID, name: str, reason: str) -> None:
         ref = self._ref(run_id)
         if ref is not None:
-            await self.warn(ref, "EventRejected", f"{name}: {reason}")
+            await self.warn(ref, "EventRejected", rejected_event_text(name, reason))
 
     def _executor_view(self, run_id: uuid.UUID) -> ExecutorView | None:
         record = self._tracked(run_id)

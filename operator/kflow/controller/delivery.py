@@ -16,16 +16,28 @@ import time
 
 from kflow._errors import ApiError, KflowError, RunNotFound, TransientError, UndeclaredNameError
 from kflow._models import RunStatus
-from kflow.controller.annotations import Action, EventAnnotation, Rejected, parse_annotations
+from kflow.controller.annotations import (
+    EVENT_PREFIX,
+    Action,
+    EventAnnotation,
+    Rejected,
+    parse_annotations,
+)
 from kflow.controller.bodies import kflow_annotations
 from kflow.controller.control import RunControl
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RETRY_AFTER, Purpose, RunRef, TimerKey
-from kflow.resources import EventDelivery
+from kflow.controller.status import rejection
 
-__all__ = ["AnnotationDelivery"]
+__all__ = ["AnnotationDelivery", "rejected_event_text"]
 
 log = logging.getLogger(__name__)
+
+
+def rejected_event_text(name: str, reason: str) -> str:
+    """A refused event's Warning Event text, one form for every refusal: the annotation,
+    then the reason as the status shows it (`kflow.controller.status.rejection`)."""
+    return f"{EVENT_PREFIX}{name}: {rejection(name, reason)}"
 
 
 class AnnotationDelivery:
@@ -89,7 +101,7 @@ class AnnotationDelivery:
         if not sent.stored and not sent.duplicate:
             await self._reject(
                 ref, event.key, event.value, event.name,
-                f"the run is {sent.status.value}: event {event.name!r} was not delivered",
+                f"the run is {sent.status.value}: it takes no more events",
             )  # fmt: skip
             return
         if sent.wakes_run:
@@ -106,24 +118,19 @@ class AnnotationDelivery:
             # the annotation gone already; one still there was sent again on purpose.
             await self._report_rejected(
                 ref, event.name,
-                f"event {event.name!r} with this exact payload was delivered before; "
+                "this exact payload was delivered before; "
                 "vary the payload (an id field) to send it again",
             )  # fmt: skip
 
     async def _reject(self, ref: RunRef, key: str, value: str, name: str, reason: str) -> None:
-        await self._report_rejected(ref, name, reason, event_text=f"{key}: {reason}")
+        await self._report_rejected(ref, name, reason)
         await self._kube.remove_annotation(ref.namespace, ref.name, key, value)
 
-    async def _report_rejected(
-        self, ref: RunRef, name: str, reason: str, *, event_text: str | None = None
-    ) -> None:
+    async def _report_rejected(self, ref: RunRef, name: str, reason: str) -> None:
         """A refused event: in the run's status (``events[]``) and as a Warning Event."""
         run_id = ref.run_id
-        self._c.mirror.reject(
-            run_id,
-            EventDelivery.model_validate({"name": name, "state": "rejected", "message": reason}),
-        )
-        await self._c.warn(ref, "EventRejected", event_text or reason)
+        self._c.mirror.reject(run_id, name, reason)
+        await self._c.warn(ref, "EventRejected", rejected_event_text(name, reason))
         self._c.mirror.touch(run_id)
 
     async def _act(self, ref: RunRef, action: Action) -> None:

@@ -27,7 +27,7 @@ from kflow._errors import ApiError, RunNotFound, TransientError
 from kflow._models import RunStatus
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RunRef
-from kflow.controller.status import MAX_EVENTS, build_status
+from kflow.controller.status import MAX_EVENTS, build_status, rejection
 from kflow.resources import EventDelivery, ExecutorView, WorkflowRunStatus
 
 __all__ = ["StatusMirror"]
@@ -35,6 +35,8 @@ __all__ = ["StatusMirror"]
 log = logging.getLogger(__name__)
 
 _TOP_LEVEL = [field.alias or name for name, field in WorkflowRunStatus.model_fields.items()]
+_OBJECTS = {"waiting", "executor"}
+"""Top-level fields that are objects: written whole, their unset keys as null."""
 
 
 class StatusMirror:
@@ -107,8 +109,13 @@ class StatusMirror:
             return
         self._last[run_id] = _written(live)
 
-    def reject(self, run_id: uuid.UUID, delivery: EventDelivery) -> None:
-        """An annotation refused for the run: shown with its events (the last few)."""
+    def reject(self, run_id: uuid.UUID, name: str, reason: str) -> None:
+        """An event annotation refused for the run (it never reached the inbox): shown
+        with its events, in time order (the last few)."""
+        delivery = EventDelivery.model_validate(
+            {"name": name, "state": "rejected", "message": rejection(name, reason),
+             "at": self._clock.now()}
+        )  # fmt: skip
         rejected = self.rejected.setdefault(run_id, [])
         rejected.append(delivery)
         del rejected[:-MAX_EVENTS]
@@ -173,17 +180,14 @@ class StatusMirror:
             previous=before.status if (before := self._last.get(run_id)) else None,
             max_steps=self._max_steps,
             max_output_bytes=self._max_output,
+            refused=self.rejected.get(run_id, []),
         )
         await self._report_rejections(run_id, events)
-        status.events = [*status.events, *self.rejected.get(run_id, [])][-MAX_EVENTS:]
         status.executor = self._executor(run_id)
         written = _written(status)
         if written == before:
             return
-        # A merge patch deletes what is null at the top, but keeps nulls inside list items
-        # (which the schema refuses): leave None out below the top level.
-        body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-        body.update({name: None for name in _TOP_LEVEL if name not in body})
+        body = _patch_body(status)
         try:
             await self._kube.patch_run_status(ref.namespace, ref.name, body)
         except ApiError as exc:
@@ -192,6 +196,21 @@ class StatusMirror:
             raise
         self.patches += 1
         self._last[run_id] = written
+
+
+def _patch_body(status: WorkflowRunStatus) -> dict[str, Any]:
+    """The merge patch that makes the object's status ``status``. A merge patch keeps
+    every key it does not name and deletes those it sets to null: so each top-level field
+    left out is null, and so is each key of a top-level object left out (a Pod that ended
+    leaves ``executor.pod``, a wait without a deadline ``waiting.until``); inside list
+    items (replaced whole, and whose schema refuses null) None is left out."""
+    body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    body.update({name: None for name in _TOP_LEVEL if name not in body})
+    for name in _OBJECTS:
+        value = getattr(status, name)
+        if value is not None:
+            body[name] = value.model_dump(mode="json", by_alias=True)
+    return body
 
 
 class _Written(NamedTuple):

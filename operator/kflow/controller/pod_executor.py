@@ -86,6 +86,7 @@ class PodExecutor:
         catalog: Catalog,
         on_outcome: Callable[[SegmentOutcome], Awaitable[None]],
         on_problem: Callable[[uuid.UUID, str, str], Coroutine[Any, Any, None]],
+        on_placed: Callable[[uuid.UUID], None],
         retry_at: Callable[[uuid.UUID, datetime], None],
     ) -> None:
         self._engine = engine
@@ -97,6 +98,9 @@ class PodExecutor:
         self._on_outcome = on_outcome
         self._on_problem = on_problem
         """Told (run, reason, message) of what goes wrong with its Pods."""
+        self._on_placed = on_placed
+        """Told of each run's segment Pod as it is made or adopted (its status shows it):
+        a short segment may record nothing while its Pod is the run's."""
         self._retry_at = retry_at
         self._pods: dict[str, _PodFacts] = {}
         self._background = Background("pod executor")
@@ -151,6 +155,7 @@ class PodExecutor:
         if not self._current(run):  # forgotten meanwhile: its WorkflowRun is gone
             return
         run.pod = run.pod.step(PodEvent.PLACED, name)
+        self._on_placed(run.run_id)
         facts = self._pods.get(name)
         if facts is not None and facts.end is not None:  # it ended while we looked
             self._end(run, name, facts.end)

@@ -9,7 +9,7 @@ whole is in PostgreSQL.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from kflow._models import RunRecord, RunStatus, StepState, StepStatus
@@ -21,7 +21,7 @@ from kflow.resources import (
     WorkflowRunStatus,
 )
 
-__all__ = ["MAX_EVENTS", "build_status"]
+__all__ = ["MAX_EVENTS", "build_status", "rejection"]
 
 MAX_ERROR = 1024
 MAX_EVENTS = 20
@@ -31,6 +31,45 @@ def _cut(text: str | None, limit: int = MAX_ERROR) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[: limit - 15] + "... (truncated)"
+
+
+def rejection(name: str, reason: str) -> str:
+    """A refused event's reason in its one form, on the status and in its Warning Event:
+    without a leading ``event '<name>': `` (the engine's own refusals start so), since the
+    status entry names the event and the Event names its annotation."""
+    return reason.removeprefix(f"event {name!r}: ")
+
+
+def _received(e: dict[str, Any]) -> datetime | None:
+    """When an inbox event was received (its ``received_at``; until the store's snapshot
+    gives that, when a wait took or refused it)."""
+    at = e.get("received_at") or e.get("consumed_at")
+    return datetime.fromisoformat(at) if isinstance(at, str) else at
+
+
+def _events(inbox: list[dict[str, Any]], refused: list[EventDelivery]) -> list[EventDelivery]:
+    """The inbox's events and those refused before they reached it, in time order (the
+    inbox's own order kept; an event with no time yet, a pending one, last), the last
+    `MAX_EVENTS`."""
+    stored = [
+        EventDelivery.model_validate(
+            {
+                "name": e["name"],
+                "state": "rejected"
+                if e.get("rejected")
+                else "consumed"
+                if e["consumed_by"]
+                else "pending",
+                "consumedBy": None if e.get("rejected") else e["consumed_by"],
+                "message": _cut(rejection(e["name"], e["rejected"])) if e.get("rejected") else None,
+                "at": _received(e),
+            }
+        )
+        for e in inbox
+    ]
+    last = datetime.max.replace(tzinfo=UTC)
+    merged = sorted([*stored, *refused], key=lambda d: d.at or last)  # stable
+    return merged[-MAX_EVENTS:]
 
 
 def _current_step(run: RunRecord, history: list[StepState]) -> str | None:
@@ -95,9 +134,11 @@ def build_status(
     max_steps: int = 50,
     max_output_bytes: int = 16 * 1024,
     total_steps: int | None = None,
+    refused: list[EventDelivery] | None = None,
 ) -> WorkflowRunStatus:
     """The status for ``run``; ``history`` in record order (perhaps only its end, of
-    ``total_steps`` records), ``events`` from the inbox."""
+    ``total_steps`` records), ``events`` from the inbox, ``refused`` the event annotations
+    refused before they reached it (shown with them, in time order)."""
     shown = history[-max_steps:]
     total = len(history) if total_steps is None else total_steps
     output, truncated = run.output, False
@@ -106,6 +147,7 @@ def build_status(
     waiting = None
     if run.status == RunStatus.WAITING and run.suspend_kind is not None:
         waiting = Waiting(kind=run.suspend_kind.value, until=run.wake_at, event=run.waiting_event)
+    refused = refused or []
     return WorkflowRunStatus.model_validate(
         {
             "phase": run.status.value,
@@ -131,21 +173,7 @@ def build_status(
             "output": output,
             "outputTruncated": truncated,
             "error": _cut(run.error),
-            "events": [
-                EventDelivery.model_validate(
-                    {
-                        "name": e["name"],
-                        "state": "rejected"
-                        if e.get("rejected")
-                        else "consumed"
-                        if e["consumed_by"]
-                        else "pending",
-                        "consumedBy": None if e.get("rejected") else e["consumed_by"],
-                        "message": _cut(e.get("rejected")),
-                    }
-                )
-                for e in events[-MAX_EVENTS:]
-            ],
+            "events": _events(events, refused),
             "conditions": _conditions(run, now, previous.conditions if previous else []),
             "observedGeneration": generation,
         }
