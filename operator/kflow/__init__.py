@@ -19,6 +19,7 @@ from kflow._errors import (
     LeaseLost,
     NonRetryable,
     PersistenceError,
+    RunConflict,
     RunNotFound,
     StepFailed,
     StepTimeout,
@@ -26,7 +27,14 @@ from kflow._errors import (
     UndeclaredNameError,
     WorkflowTimeout,
 )
-from kflow._models import AuthContext, RunStatus, SegmentOutcome, StepState, StepStatus
+from kflow._models import (
+    AuthContext,
+    DefinitionConflict,
+    RunStatus,
+    SegmentOutcome,
+    StepState,
+    StepStatus,
+)
 from kflow._retry import RetryPolicy
 from kflow._store import Store
 from kflow._workflow import (
@@ -42,6 +50,7 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "CompensationDefinition",
+    "DefinitionConflict",
     "DefinitionError",
     "Engine",
     "EnvError",
@@ -58,6 +67,7 @@ __all__ = [
     "PersistenceError",
     "Registry",
     "RetryPolicy",
+    "RunConflict",
     "RunNotFound",
     "RunStatus",
     "SegmentOutcome",

@@ -6,6 +6,8 @@
     ├── DefinitionError             a @workflow/@compensation or registry is malformed
     ├── UndeclaredNameError         a step or event name the workflow did not declare
     ├── RunNotFound                 no run with that id
+    ├── RunConflict                 a run id or idempotency key names a run with another
+    │                               workflow, version or input (``existing`` is that run)
     ├── InvalidInput                input does not validate against the workflow's model
     ├── StepFailed                  a step failed for good (retries exhausted or non-retryable)
     ├── StepTimeout                 one attempt of a step exceeded its timeout
@@ -36,6 +38,8 @@ Suspension (sleep, event wait) is not an error: it is `kflow._engine.Suspended`,
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ApiError",
     "CircuitOpenError",
@@ -49,6 +53,7 @@ __all__ = [
     "LeaseLost",
     "NonRetryable",
     "PersistenceError",
+    "RunConflict",
     "RunNotFound",
     "SchemaError",
     "StepFailed",
@@ -73,6 +78,17 @@ class UndeclaredNameError(KflowError):
 
 class RunNotFound(KflowError):
     """No run has the given id."""
+
+
+class RunConflict(KflowError):
+    """A run id or idempotency key is taken by a run with another workflow, version or
+    input: the existing run is not returned as if it were the one asked for."""
+
+    def __init__(self, message: str, existing: Any) -> None:
+        super().__init__(message)
+        self.existing = existing
+        """The run that holds the id or key (a `RunRecord`; typed loosely because the
+        error tree sits below the models)."""
 
 
 class InvalidInput(KflowError):

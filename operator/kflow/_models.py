@@ -17,6 +17,7 @@ __all__ = [
     "ACTIVE",
     "TERMINAL",
     "AuthContext",
+    "DefinitionConflict",
     "RunRecord",
     "RunStatus",
     "SegmentOutcome",
@@ -188,3 +189,25 @@ class SegmentOutcome:
     waiting_event: str | None = None
     output: Any = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionConflict:
+    """A workflow version the database records with another contract than this code's:
+    its runs block (`Engine.register_definitions` reports it; the record is kept)."""
+
+    name: str
+    version: int
+    stored: str
+    """The signature recorded for (name, version)."""
+    code: str
+    """The signature of the code that tried to register it."""
+
+    @property
+    def message(self) -> str:
+        return (
+            f"workflow {self.name!r} v{self.version} is recorded with signature "
+            f"{self.stored[:12]} but this code has {self.code[:12]}: its steps, events, "
+            "timeout or types changed without a new version; deploy the recorded code, or "
+            "give the new code a new version"
+        )

@@ -7,9 +7,12 @@ global state. A registry holds any number of versions per workflow name and one 
 version per name: the highest, unless `Registry.activate` says otherwise.
 
 A definition's **signature** is a hash of its name, version, declared step and event
-names, timeout, and input/output JSON schemas. It is stored on each run when the run is
-bound to a version; a run whose stored signature differs from the code's is blocked
-rather than replayed against code that no longer matches it.
+names (as sets: their order does not matter), timeout, and input/output JSON schemas. It
+is stored on each run when the run is bound to a version; a run whose stored signature
+differs from the code's is blocked rather than replayed against code that no longer
+matches it. Runs bound before the order stopped mattering carry the first scheme's hash
+(the names in declaration order): `WorkflowDefinition.binds` accepts both, so they
+resume under unchanged code.
 """
 
 from __future__ import annotations
@@ -127,17 +130,27 @@ class WorkflowDefinition:
     input_type: Any
     output_type: Any
     takes_input: bool
+    compensate_on_failure: bool = True
+    """Undo the completed steps when the handler fails (not part of the signature)."""
     signature: str = field(init=False)
+    legacy_signature: str = field(init=False, repr=False)
+    """The first scheme's signature (step and event names in declaration order)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "signature", self._signature())
+        object.__setattr__(self, "signature", self._signature(ordered=False))
+        object.__setattr__(self, "legacy_signature", self._signature(ordered=True))
 
-    def _signature(self) -> str:
+    def binds(self, signature: str) -> bool:
+        """Whether a run (or a stored definition) with ``signature`` has this contract."""
+        return signature in (self.signature, self.legacy_signature)
+
+    def _signature(self, *, ordered: bool) -> str:
+        order = list if ordered else sorted
         contract = {
             "name": self.name,
             "version": self.version,
-            "steps": list(self.steps),
-            "events": list(self.events),
+            "steps": order(self.steps),
+            "events": order(self.events),
             "timeout": self.timeout.total_seconds() if self.timeout else None,
             "input": _schema(self.input_type),
             "output": _schema(self.output_type),
@@ -164,13 +177,17 @@ def workflow(
     steps: Iterable[str] = (),
     events: Iterable[str] = (),
     timeout: timedelta | None = None,
+    compensate_on_failure: bool = True,
 ) -> Callable[[Handler], WorkflowDefinition]:
     """Declare a workflow handler: ``async def handler(ctx, input) -> output``.
 
     ``steps`` and ``events`` list every step and event name the handler may use; using
     another is an error at run time. ``timeout`` bounds the whole run (a persisted
     deadline). The input type is the handler's second parameter's annotation, the output
-    type its return annotation; both are part of the signature.
+    type its return annotation; both are part of the signature. When the handler fails
+    (an error it does not handle, a step that failed for good, the workflow timeout), the
+    compensations of its completed steps run, most recent first, unless
+    ``compensate_on_failure=False`` (then the run ends Failed with its steps done).
     """
     check_name("workflow", name)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -204,6 +221,7 @@ def workflow(
             input_type=hints.get(params[1].name) if takes_input else None,
             output_type=return_type(fn),
             takes_input=takes_input,
+            compensate_on_failure=compensate_on_failure,
         )
 
     return decorate

@@ -8,11 +8,11 @@ import kflow
 
 EXPORTED = [
     "AuthContext", "CircuitOpenError", "Clock", "CompensationDefinition",
-    "DefinitionError", "Engine", "EnvError", "EnvProvider", "EventPayloadError",
-    "EventTimeout", "InvalidInput", "KflowError", "LeaseHeld", "LeaseLost",
-    "MappingEnv", "NonRetryable", "OsEnv", "PersistenceError", "Registry",
-    "RetryPolicy", "RunNotFound", "RunStatus", "SegmentOutcome", "StepFailed",
-    "StepState", "StepStatus", "StepTimeout", "Store", "SystemClock",
+    "DefinitionConflict", "DefinitionError", "Engine", "EnvError", "EnvProvider",
+    "EventPayloadError", "EventTimeout", "InvalidInput", "KflowError", "LeaseHeld",
+    "LeaseLost", "MappingEnv", "NonRetryable", "OsEnv", "PersistenceError", "Registry",
+    "RetryPolicy", "RunConflict", "RunNotFound", "RunStatus", "SegmentOutcome",
+    "StepFailed", "StepState", "StepStatus", "StepTimeout", "Store", "SystemClock",
     "TransientError", "UndeclaredNameError", "VirtualClock", "WorkflowContext",
     "WorkflowDefinition", "WorkflowTimeout", "compensation", "workflow",
 ]  # fmt: skip

@@ -47,7 +47,6 @@ def test_signature_is_stable_for_the_same_contract() -> None:
     [
         {"version": 2},
         {"steps": ["s1", "s3"]},
-        {"steps": ["s2", "s1"]},
         {"events": []},
         {"timeout": timedelta(hours=1)},
         {"input_type": In2},
@@ -56,6 +55,17 @@ def test_signature_is_stable_for_the_same_contract() -> None:
 )
 def test_signature_changes_with_the_contract(change: dict[str, object]) -> None:
     assert define(**change).signature != define().signature
+
+
+def test_the_order_of_declared_names_does_not_change_the_signature() -> None:
+    assert define(steps=["s2", "s1"], events=["e", "f"]).signature == (
+        define(steps=["s1", "s2"], events=["f", "e"]).signature
+    )
+    # A run bound under the first scheme (names in declaration order) still binds.
+    reordered = define(steps=["s2", "s1"])
+    assert reordered.legacy_signature != reordered.signature
+    assert reordered.binds(reordered.legacy_signature) and reordered.binds(define().signature)
+    assert not reordered.binds(define(version=2).signature)
 
 
 def test_definition_keeps_types_and_stays_callable() -> None:

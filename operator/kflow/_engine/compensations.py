@@ -119,6 +119,11 @@ class Compensations:
         ]
         return sorted(done, key=lambda s: s.seq or 0, reverse=True)
 
+    def outstanding(self) -> bool:
+        """Whether a completed step has a compensation that has not run (or failed)."""
+        undoable = (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)
+        return any(s.status in undoable for s in self._compensable())
+
     def handlers(self) -> dict[str, Compensate]:
         found = {s.key: self.handler(s.key) for s in self._compensable()}
         return {k: h for k, h in found.items() if h is not None}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kflow._engine.compensations import Compensations
 from kflow._engine.journal import Journal, base_name
-from kflow._engine.kv import KvHandle
+from kflow._engine.kv import KvHandle, kv_namespace
 from kflow._engine.steps import MISSING, Steps
 from kflow._engine.waits import Waits
 from kflow._env import EnvAccess
@@ -62,7 +62,8 @@ class WorkflowContext(EnvAccess):
         self.resumed_from_sleep: bool = run.suspend_kind == SuspendKind.SLEEP
         self._journal = journal
         self._http_timeout: float | None = None
-        self.kv = KvHandle(services.store, namespace=run.workflow_name, clock=services.clock)
+        namespace = kv_namespace(run.workflow_name, run.tenant_id)
+        self.kv = KvHandle(services.store, namespace=namespace, clock=services.clock)
         self.compensations = Compensations(journal, self)
         self._waits = Waits(journal)
         self._steps = Steps(journal, self.compensations)

@@ -26,17 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 from kflow._clock import Clock, SystemClock
 from kflow._engine.leases import hold_lease
-from kflow._engine.segment import Segments, decode_input, segment_outcome
+from kflow._engine.segment import CANCELLED, UNDONE, Segments, decode_input, segment_outcome
 from kflow._engine.services import Services
 from kflow._env import EnvProvider, OsEnv
-from kflow._errors import KflowError, UndeclaredNameError
+from kflow._errors import InvalidInput, KflowError, RunConflict, UndeclaredNameError
 from kflow._http import CircuitBreakers
 from kflow._models import (
     AuthContext,
+    DefinitionConflict,
     RunRecord,
     RunStatus,
     SegmentOutcome,
+    StepKind,
     StepState,
+    StepStatus,
     SuspendKind,
     SuspendReason,
 )
@@ -52,9 +55,6 @@ __all__ = ["CANCELLED", "RUNNING_AFTER", "Engine"]
 RUNNING_AFTER = timedelta(milliseconds=100)
 """What the operator and runners pass as ``record_running_after``: a step running longer
 shows as running in the status (one more write); a faster one costs no write for it."""
-
-CANCELLED = "cancelled: "
-"""How a cancelled run's error starts (and how retry tells a cancel from a failure)."""
 
 
 class Engine:
@@ -113,13 +113,19 @@ class Engine:
     async def close(self) -> None:
         await self._services.close()
 
-    async def register_definitions(self) -> None:
-        """Record every workflow of the registry (name, version, signature, schemas)."""
+    async def register_definitions(self) -> list[DefinitionConflict]:
+        """Record every workflow of the registry (name, version, signature, schemas).
+
+        A version the database records with another contract is not overwritten: it is
+        returned as a conflict, and this engine blocks its runs (naming both signatures)
+        until the code and the record agree again."""
+        conflicts = []
         for d in self.registry.workflows():
-            await self.store.upsert_definition(
+            stored = await self.store.upsert_definition(
                 name=d.name,
                 version=d.version,
                 signature=d.signature,
+                same=[d.signature, d.legacy_signature],
                 steps=d.steps,
                 events=d.events,
                 timeout_s=d.timeout.total_seconds() if d.timeout else None,
@@ -127,6 +133,10 @@ class Engine:
                 output_schema=d.output_schema,
                 now=self.clock.now(),
             )
+            if stored is not None:
+                conflicts.append(DefinitionConflict(d.name, d.version, stored, d.signature))
+        self._segments.conflicts = {(c.name, c.version): c for c in conflicts}
+        return conflicts
 
     # -- creating runs and talking to them -----------------------------------------
 
@@ -154,12 +164,21 @@ class Engine:
             name = workflow
         definition = self.registry.get(name, version) if version else self.registry.active(name)
         encoded = encode(input)
+        asked = version
+        run_id = run_id or uuid.uuid4()
         if definition is not None:  # bind now: the run keeps this version and signature
-            decode_input(definition, encoded)
+            try:
+                decode_input(definition, encoded)
+            except InvalidInput:
+                # An existing run's input was valid: this is another request for its id.
+                existing = await self.store.find_run(run_id, idempotency_key)
+                if existing is not None:
+                    raise _conflict(existing, name, asked, encoded) from None
+                raise
             version = definition.version
             timeout = timeout or definition.timeout
-        record, _ = await self.store.create_run(
-            run_id=run_id or uuid.uuid4(),
+        record, created = await self.store.create_run(
+            run_id=run_id,
             workflow_name=name,
             workflow_version=version,
             signature=definition.signature if definition else signature,
@@ -171,6 +190,8 @@ class Engine:
             idempotency_key=idempotency_key,
             now=self.clock.now(),
         )
+        if not created and _differs(record, name, asked, encoded):
+            raise _conflict(record, name, asked, encoded)
         return record
 
     def check_input(self, workflow: str, input: Any, *, version: int | None = None) -> None:
@@ -210,10 +231,11 @@ class Engine:
         """Advance the run to its next suspension or its end.
 
         ``steal=True`` takes the lease even from a live holder (whose writes are then
-        refused): for an executor that knows the previous one is gone."""
+        refused): for an executor that knows the previous one is gone. A finished run is
+        reported as it is, and nothing about it changes (no lease, no segment counted)."""
         async with self._lease(run_id, steal=steal) as run:
-            if run.status.is_terminal:
-                return await self._unchanged(run)
+            if run.status.is_terminal:  # not leased (see `Store.acquire_lease`)
+                return _as_it_is(run)
             if run.status == RunStatus.COMPENSATING:
                 return await self._segments.compensate(run)
             return await self._segments.advance(run)
@@ -223,20 +245,38 @@ class Engine:
     ) -> SegmentOutcome:
         """Stop the run and compensate its completed steps (taking over its lease, so a
         segment running elsewhere can no longer write). ``compensate=False`` only marks
-        the run Compensating: the next segment, wherever it runs, does the undoing."""
+        the run Compensating: the next segment, wherever it runs, does the undoing.
+
+        A Failed run whose completed steps are not all undone is undone too; a run that
+        is Compensating already keeps the reason it was first cancelled (or failed) for;
+        another finished run is reported as it is."""
         async with self._lease(run_id, steal=True, segment=False) as run:
-            if run.status.is_terminal:
+            if run.status == RunStatus.FAILED and await self._undoable(run):
+                run.error = f"{CANCELLED}{reason} (after it failed: {run.error})"
+            elif run.status.is_terminal:
                 return await self._unchanged(run)
-            run.error = f"{CANCELLED}{reason}"
+            elif run.status != RunStatus.COMPENSATING:
+                run.error = f"{CANCELLED}{reason}"
             if compensate:
                 await self.store.update_run(
                     run.run_id, run.lease_epoch, now=self.clock.now(),
                     status=RunStatus.COMPENSATING, error=run.error, wake_at=None,
-                    waiting_event=None,
+                    waiting_event=None, completed_at=None,
                 )  # fmt: skip
                 return await self._segments.compensate(run)
-            await self._segments.finish(run, RunStatus.COMPENSATING, error=run.error)
+            await self._segments.finish(
+                run, RunStatus.COMPENSATING, error=run.error, completed_at=None
+            )
             return segment_outcome(run.run_id, RunStatus.COMPENSATING, ready_at=self.clock.now())
+
+    async def _undoable(self, run: RunRecord) -> bool:
+        """Whether a completed step of the run has a compensation still to run."""
+        history, _ = await self.store.load_history(run.run_id)
+        undoable = (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)
+        return any(
+            s.kind == StepKind.STEP and s.compensation is not None and s.status in undoable
+            for s in history
+        )
 
     async def fail(self, run_id: uuid.UUID, error: str, *, blocked: bool = False) -> SegmentOutcome:
         """Mark an unfinished run Failed with ``error``: its executor gave up on it (e.g. its
@@ -300,10 +340,11 @@ class Engine:
                     f"run {run_id} is {run.status.value}: only Failed or Blocked runs retry"
                 )
             now = self.clock.now()
-            if (run.error or "").startswith(CANCELLED):
-                # A cancel stopped this run: retrying finishes the undoing (failed
-                # compensations run again, or all of them if its executor never got to
-                # them); it never runs the handler forward again.
+            if (run.error or "").startswith((CANCELLED, UNDONE)):
+                # A cancel stopped this run, or it was undoing itself after a failure:
+                # retrying finishes the undoing (failed compensations run again, or all
+                # of them if its executor never got to them); it never runs the handler
+                # forward again.
                 await self._segments.finish(run, RunStatus.COMPENSATING, error=run.error)
                 return segment_outcome(run.run_id, RunStatus.COMPENSATING, ready_at=now)
             await self.store.forget_failures(run.run_id, run.lease_epoch)
@@ -318,7 +359,7 @@ class Engine:
     async def _unchanged(self, run: RunRecord) -> SegmentOutcome:
         """A finished run: give the lease back and report it as it is."""
         await self._segments.finish(run, run.status)
-        return segment_outcome(run.run_id, run.status, output=run.output, error=run.error)
+        return _as_it_is(run)
 
     def _lease(
         self, run_id: uuid.UUID, *, steal: bool, segment: bool = True
@@ -327,3 +368,33 @@ class Engine:
             self.store, run_id, owner=self.owner, clock=self.clock, ttl=self.lease_ttl,
             steal=steal, segment=segment,
         )  # fmt: skip
+
+
+def _as_it_is(run: RunRecord) -> SegmentOutcome:
+    return segment_outcome(run.run_id, run.status, output=run.output, error=run.error)
+
+
+def _differs(run: RunRecord, workflow: str, version: int | None, encoded: Any) -> bool:
+    """Whether a start asked for something else than the run that has its id or key
+    (a version left to the registry matches whatever version the run was bound to)."""
+    other_version = version is not None and run.workflow_version not in (None, version)
+    return run.workflow_name != workflow or other_version or run.input != encoded
+
+
+def _conflict(run: RunRecord, workflow: str, version: int | None, encoded: Any) -> RunConflict:
+    differ = [
+        what
+        for what, same in (
+            ("workflow", run.workflow_name == workflow),
+            ("version", version is None or run.workflow_version in (None, version)),
+            ("input", run.input == encoded),
+        )
+        if not same
+    ]
+    key = f" (idempotency key {run.idempotency_key!r})" if run.idempotency_key else ""
+    return RunConflict(
+        f"run {run.run_id}{key} exists with another {' and '.join(differ)} (workflow "
+        f"{run.workflow_name!r} v{run.workflow_version}): a run id or idempotency key names "
+        "one run; start another run under a new one",
+        run,
+    )

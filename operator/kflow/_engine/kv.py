@@ -1,20 +1,28 @@
-"""``ctx.kv``: a durable key-value store shared by all runs of one workflow.
+"""``ctx.kv``: a durable key-value store shared by the runs of one workflow and tenant.
 
-Keys live in a namespace named after the workflow, so runs of ``order-fulfilment`` share
-their keys and never see another workflow's. KV reads and writes are not recorded in the
-run's history: another run may change a value between replays. Read inside a step when
-the value decides the handler's path.
+Keys live in a namespace named after the workflow and the run's tenant, so runs of
+``order-fulfilment`` share their keys and never see another workflow's, nor another
+tenant's (the operator makes each Kubernetes namespace a tenant: runs in ``team-a`` never
+read ``team-b``'s entries); runs without a tenant share per workflow. KV reads and
+writes are not recorded in the run's history: another run may change a value between
+replays. Read inside a step when the value decides the handler's path.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from kflow._clock import Clock
 from kflow._serde import decode, encode
 from kflow._store import Store
 
-__all__ = ["KvHandle"]
+__all__ = ["KvHandle", "kv_namespace"]
+
+
+def kv_namespace(workflow: str, tenant_id: uuid.UUID | None) -> str:
+    """Where a run's KV entries live: its workflow's, within its tenant when it has one."""
+    return workflow if tenant_id is None else f"{tenant_id}/{workflow}"
 
 
 class KvHandle:

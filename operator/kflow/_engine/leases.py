@@ -33,6 +33,9 @@ async def hold_lease(
     run = await store.acquire_lease(
         run_id, owner=owner, now=clock.now(), ttl=ttl, steal=steal, segment=segment
     )
+    if segment and run.status.is_terminal:  # not leased: a finished run stays as it is
+        yield run
+        return
     renewal = _Renewal(store, clock, ttl, run)
     try:
         yield run

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -20,17 +21,34 @@ from kflow._engine.context import WorkflowContext
 from kflow._engine.journal import CodeMismatch, Journal, SegmentEnded, Suspended
 from kflow._engine.services import Services
 from kflow._errors import InvalidInput, TransientError, WorkflowTimeout
-from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepStatus, SuspendReason
+from kflow._models import (
+    DefinitionConflict,
+    RunRecord,
+    RunStatus,
+    SegmentOutcome,
+    StepState,
+    StepStatus,
+    SuspendReason,
+)
 from kflow._serde import decode, describe_validation_error, encode
 from kflow._store import Store
 from kflow._workflow import Registry, WorkflowDefinition
 
-__all__ = ["Segments", "decode_input", "segment_outcome"]
+__all__ = ["CANCELLED", "UNDONE", "Segments", "decode_input", "segment_outcome"]
+
+CANCELLED = "cancelled: "
+"""How a cancelled run's error starts (and how retry tells a cancel from a failure)."""
+
+UNDONE = "undone after a failure: "
+"""How the error of a run that compensated itself after a failure starts (a retry of it
+finishes the undoing, as a cancelled run's does)."""
 
 
 class Segments:
     def __init__(self, store: Store, registry: Registry, clock: Clock, services: Services) -> None:
         self.store, self.registry, self.clock, self._services = store, registry, clock, services
+        self.conflicts: dict[tuple[str, int], DefinitionConflict] = {}
+        """Versions of this code the database records with another contract: refused."""
 
     async def finish(
         self,
@@ -65,7 +83,11 @@ class Segments:
         )
         if definition is None:
             return None, RunStatus.BLOCKED_MISSING_VERSION, f"workflow {name!r} has no v{version}"
-        if run.signature is not None and run.signature != definition.signature:
+        conflict = self.conflicts.get((definition.name, definition.version))
+        if conflict is not None and (run.signature is None or definition.binds(run.signature)):
+            # The code has this version's name but not its recorded contract.
+            return None, RunStatus.BLOCKED_SIGNATURE_MISMATCH, conflict.message
+        if run.signature is not None and not definition.binds(run.signature):
             return (
                 None,
                 RunStatus.BLOCKED_SIGNATURE_MISMATCH,
@@ -164,22 +186,41 @@ class Segments:
                 run.run_id, RunStatus.WAITING, ready_at=ready_at, waiting_event=reason.event
             )
         if error is not None:
+            undo = self._journal(run, definition, list(journal.records.values()), journal.saved)
+            if definition.compensate_on_failure and undo.outstanding():
+                # A saga undoes itself: the run is Compensating (durably: a crash resumes
+                # the undoing) until its completed steps' compensations have run.
+                run.error = f"{UNDONE}{error}"
+                await self.store.update_run(
+                    run.run_id, run.lease_epoch, now=now, status=RunStatus.COMPENSATING,
+                    error=run.error,
+                )  # fmt: skip
+                return await self._undo(run, undo)
             await self.finish(run, RunStatus.FAILED, error=error, completed_at=now)
             return segment_outcome(run.run_id, RunStatus.FAILED, error=error)
         await self.finish(run, RunStatus.COMPLETED, output=output, error=None, completed_at=now)
         return segment_outcome(run.run_id, RunStatus.COMPLETED, output=output)
 
-    async def compensate(self, run: RunRecord) -> SegmentOutcome:
-        """Run a cancelled run's compensations that have not run (or failed) yet."""
-        definition = None
-        if run.workflow_version is not None:
-            definition = self.registry.get(run.workflow_name, run.workflow_version)
-        history, saved = await self.store.load_history(run.run_id)
+    def _journal(
+        self, run: RunRecord, definition: WorkflowDefinition | None, history: list[StepState],
+        saved: dict[str, Any],
+    ) -> _Undoing:  # fmt: skip
         journal = Journal(
             run=run, definition=definition, history=history, saved_state=saved,
             services=self._services,
         )  # fmt: skip
-        ctx = WorkflowContext(journal)
+        return _Undoing(journal, WorkflowContext(journal))
+
+    async def compensate(self, run: RunRecord) -> SegmentOutcome:
+        """Run a compensating run's compensations that have not run (or failed) yet."""
+        definition = None
+        if run.workflow_version is not None:
+            definition = self.registry.get(run.workflow_name, run.workflow_version)
+        history, saved = await self.store.load_history(run.run_id)
+        return await self._undo(run, self._journal(run, definition, history, saved))
+
+    async def _undo(self, run: RunRecord, undoing: _Undoing) -> SegmentOutcome:
+        journal, ctx = undoing.journal, undoing.ctx
         try:
             results = await ctx.run_compensation()
         finally:
@@ -233,3 +274,14 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 def segment_outcome(run_id: uuid.UUID, status: RunStatus, **kwargs: Any) -> SegmentOutcome:
     return SegmentOutcome(run_id=run_id, status=status, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Undoing:
+    """A journal and a context over it, for running a run's compensations."""
+
+    journal: Journal
+    ctx: WorkflowContext
+
+    def outstanding(self) -> bool:
+        return self.ctx.compensations.outstanding()

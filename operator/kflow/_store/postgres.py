@@ -19,6 +19,7 @@ import asyncpg
 
 from kflow._errors import LeaseHeld, LeaseLost, PersistenceError, RunNotFound
 from kflow._models import (
+    TERMINAL,
     AuthContext,
     RunRecord,
     RunStatus,
@@ -48,6 +49,9 @@ _RUN_COLUMNS = frozenset(
         "completed_at", "deadline", "wake_at", "waiting_event", "suspend_kind", "timeout_s",
     }
 )  # fmt: skip
+
+
+_FINISHED = sorted(status.value for status in TERMINAL)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -126,25 +130,37 @@ class Store(Inbox, KeyValues):
         name: str,
         version: int,
         signature: str,
+        same: Sequence[str],
         steps: Sequence[str],
         events: Sequence[str],
         timeout_s: float | None,
         input_schema: dict[str, Any],
         output_schema: dict[str, Any],
         now: datetime,
-    ) -> None:
-        await self.pool.execute(
-            """INSERT INTO definitions (name, version, signature, steps, events, timeout_s,
-                   input_schema, output_schema, registered_at)
+    ) -> str | None:
+        """Record a definition, unless (name, version) is recorded with another contract:
+        ``same`` lists the signatures that are this one's (its scheme's and earlier
+        schemes'). None when recorded; else the recorded signature, left as it is."""
+        row = await self.pool.fetchrow(
+            """INSERT INTO definitions AS d (name, version, signature, steps, events,
+                   timeout_s, input_schema, output_schema, registered_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (name, version) DO UPDATE SET signature = EXCLUDED.signature,
                    steps = EXCLUDED.steps, events = EXCLUDED.events,
                    timeout_s = EXCLUDED.timeout_s, input_schema = EXCLUDED.input_schema,
                    output_schema = EXCLUDED.output_schema,
-                   registered_at = EXCLUDED.registered_at""",
+                   registered_at = EXCLUDED.registered_at
+               WHERE d.signature = ANY($10::text[])
+               RETURNING signature""",
             name, version, signature, list(steps), list(events), timeout_s,
-            input_schema, output_schema, now,
+            input_schema, output_schema, now, list(same),
         )  # fmt: skip
+        if row is not None:
+            return None
+        stored: str | None = await self.pool.fetchval(
+            "SELECT signature FROM definitions WHERE name = $1 AND version = $2", name, version
+        )
+        return stored
 
     # -- runs ----------------------------------------------------------------------
 
@@ -178,14 +194,21 @@ class Store(Inbox, KeyValues):
         )  # fmt: skip
         if row is not None:
             return run_from_row(row), True
+        existing = await self.find_run(run_id, idempotency_key)
+        if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
+            raise PersistenceError(f"run {run_id} conflicted but cannot be found")
+        return existing, False
+
+    @guarded
+    async def find_run(self, run_id: uuid.UUID, idempotency_key: str | None) -> RunRecord | None:
+        """The run with this id, or else with this idempotency key, if there is one."""
         row = await self.pool.fetchrow(
-            "SELECT * FROM runs WHERE run_id = $1 OR idempotency_key = $2 LIMIT 1",
+            """SELECT * FROM runs WHERE run_id = $1 OR idempotency_key = $2
+               ORDER BY run_id = $1 DESC LIMIT 1""",
             run_id,
             idempotency_key,
         )
-        if row is None:  # pragma: no cover - the conflicting row was deleted meanwhile
-            raise PersistenceError(f"run {run_id} conflicted but cannot be found")
-        return run_from_row(row), False
+        return None if row is None else run_from_row(row)
 
     @guarded
     async def get_run(self, run_id: uuid.UUID) -> RunRecord:
@@ -218,7 +241,8 @@ class Store(Inbox, KeyValues):
     ) -> RunRecord:
         """Take the run's lease with a new epoch; `LeaseHeld` if another holds it.
         ``segment``: the lease is for a segment (a Created or Waiting run becomes Running,
-        and counts a segment); otherwise (cancel, retire, retry) the status is left alone."""
+        and counts a segment); otherwise (cancel, retire, retry) the status is left alone.
+        A finished run is not leased for a segment: it is returned as it is, unchanged."""
         row = await self.pool.fetchrow(
             """UPDATE runs SET lease_epoch = lease_epoch + 1, lease_owner = $2,
                    lease_expires_at = $3, updated_at = $4,
@@ -231,12 +255,15 @@ class Store(Inbox, KeyValues):
                                    ELSE deadline END
                WHERE run_id = $1
                  AND (lease_owner IS NULL OR lease_expires_at <= $4 OR $5)
+                 AND NOT ($6 AND status = ANY($7::text[]))
                RETURNING *""",
-            run_id, owner, now + ttl, now, steal, segment,
+            run_id, owner, now + ttl, now, steal, segment, _FINISHED,
         )  # fmt: skip
         if row is not None:
             return run_from_row(row)
         current = await self.get_run(run_id)
+        if segment and current.status.is_terminal:
+            return current
         raise LeaseHeld(
             f"run {run_id} is leased by {current.lease_owner} until {current.lease_expires_at}"
         )
