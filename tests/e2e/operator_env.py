@@ -7,6 +7,7 @@ WorkflowRuns. The fixtures give each test both.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -14,15 +15,18 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
+from kflow._store import Store
 from kflow.dev.postgres import free_port
 from tests.e2e.conftest import Harness, wait_for
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -69,6 +73,18 @@ class Operator:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
             return str(r.read().decode())
+
+    def in_store(self, work: Callable[[Store], Awaitable[T]]) -> T:
+        """Run ``work`` on the operator's store (its DSN and schema), from the test."""
+
+        async def go() -> T:
+            store = await Store.open(self.env["KFLOW_DSN"], schema=self.env["KFLOW_SCHEMA"])
+            try:
+                return await work(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kflow.dev.postgres import LocalPostgres, free_port
@@ -114,6 +115,37 @@ def test_events_by_annotation_before_and_after_the_wait(
     late = runs.rejected("before")
     assert "the run is Completed" in late[0]["message"]
     assert "event.kflow.io/approved" not in runs.annotations("before")
+
+
+def test_a_restart_runs_no_code_for_a_run_with_nothing_new(
+    operator: Operator, runs: Runs, tmp_path: Path
+) -> None:
+    log = tmp_path / "idle.log"
+    runs.apply("idle", "approval", {"log": str(log)})
+    runs.wait_phase("idle", "Waiting")
+    run_id = uuid.UUID(runs.get("idle")["metadata"]["uid"])
+
+    def segments() -> int:
+        return operator.in_store(lambda store: store.get_run(run_id)).segments
+
+    before = segments()
+    for _ in range(2):
+        operator.stop()
+        operator.start()
+        time.sleep(1.5)  # what adoption would submit has run by now
+    assert segments() == before
+    assert runs.status("idle")["phase"] == "Waiting"
+    # An event that reached the inbox while no operator ran is looked for at adoption.
+    operator.stop()
+    operator.in_store(
+        lambda store: store.send_event(
+            run_id, name="approved", payload={"by": "eve"}, dedupe_key=None,
+            now=datetime.now(UTC),
+        )
+    )  # fmt: skip
+    operator.start()
+    assert runs.wait_phase("idle", "Completed")["output"] == "eve"
+    assert segments() == before + 1
 
 
 def test_bad_payloads_are_reported_and_lose_nothing(

@@ -106,7 +106,7 @@ class Adoption:
         if not self._current(record):  # deleted while this attempt ran: nothing may run it
             await c.engine.cancel(run_id, "the WorkflowRun was deleted")
             return
-        c.begin(record, run, spec, status, resumed=resumed)  # only now: a failed start retries
+        await c.begin(record, run, spec, status, resumed=resumed)  # a failed start retries
 
     async def _refuse(self, record: TrackedRun, reason: str, message: str) -> None:
         """Report a WorkflowRun that cannot be run, instead of running it (once)."""

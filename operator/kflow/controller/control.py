@@ -41,11 +41,12 @@ class RunControl(Protocol):
     def enter(self, ref: RunRef) -> TrackedRun:
         """The WorkflowRun's record, made now if it has none (an adoption begins)."""
 
-    def begin(
+    async def begin(
         self, record: TrackedRun, run: RunRecord, spec: WorkflowRunSpec,
         status: WorkflowRunStatus | None, *, resumed: bool,
     ) -> None:  # fmt: skip
-        """The run exists: track it and set it moving (``status``: the object's own)."""
+        """The run exists: track it and set it moving if it has anything to do
+        (``status``: the object's own)."""
 
     def submit(self, run_id: uuid.UUID) -> None:
         """Advance the run soon, in the executor its Workflow chooses."""

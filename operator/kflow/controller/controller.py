@@ -262,18 +262,23 @@ class Controller:
         object's (a previous operator wrote it)."""
         await self._adoption.adopt(ref, spec, status=status, resumed=resumed)
 
-    def begin(
+    async def begin(
         self, record: TrackedRun, run: RunRecord, spec: WorkflowRunSpec,
         status: WorkflowRunStatus | None, *, resumed: bool,
     ) -> None:  # fmt: skip
-        """Track an adopted run and set it moving."""
+        """Track an adopted run and set it moving, if it has anything to do."""
+        # Read first (a store failure retries the adoption with nothing tracked yet): an
+        # event may have come while no operator ran.
+        pending = run.status == RunStatus.WAITING and run.waiting_event is not None and (
+            await self.engine.store.has_pending_event(run.run_id, run.waiting_event)
+        )  # fmt: skip
         seconds = spec.ttl_seconds_after_finished
         ttl = self._settings.run_ttl if seconds is None else timedelta(seconds=seconds)
         self._track(record, run, ttl=ttl)
         self.mirror.seed(run.run_id, status)
         if run.status.is_terminal:
             self.expiry.after(record, run.completed_at or self._clock.now())
-        queued = self._continue(run, steal=resumed) is self.inline
+        queued = self._continue(run, steal=resumed, event_pending=pending) is self.inline
         # A run the inline executor starts soon shows with its first records or its end:
         # one status PATCH for a fast run, not one more for the queue.
         self.mirror.touch(run.run_id, within=QUEUED_STATUS_AFTER if queued else None)
@@ -285,16 +290,17 @@ class Controller:
         if before != run.status:
             self.metrics.phase_changed(before, run.status)
 
-    def _continue(self, run: RunRecord, *, steal: bool) -> Executor | None:
-        """Submit the run if it can move; the executor it went to."""
+    def _continue(self, run: RunRecord, *, steal: bool, event_pending: bool) -> Executor | None:
+        """Submit the run if it can move; the executor it went to. A waiting run moves
+        only for what came (its event, ``event_pending``) or comes (its wake time, a
+        timer): a restart runs no code for a run that has nothing new."""
         if run.status.is_terminal:
             return None
         if run.status == RunStatus.WAITING:
             if run.wake_at is not None:
                 self.timers.schedule(run.run_id, run.wake_at)
-            if run.waiting_event is None:
+            if not event_pending:
                 return None
-            # An event may have come while no operator ran: look once now.
         return self._submit(run.run_id, steal=steal and run.status != RunStatus.WAITING)
 
     async def delete(self, ref: RunRef) -> bool:
