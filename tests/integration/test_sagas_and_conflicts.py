@@ -225,3 +225,23 @@ async def test_kv_entries_are_the_tenants_own(make_env) -> None:
         assert (await env.execute(remember, "b1", tenant_id=team_b)).output is None
         assert (await env.execute(remember, "a2", tenant_id=team_a)).output == "a1"
         assert (await env.execute(remember, "x1")).output is None  # no tenant: its own
+
+
+async def test_a_failure_in_a_task_group_undoes_the_tasks_that_completed(make_env) -> None:
+    @workflow(name="task-group-saga", steps=["reserve", "charge", "ship"])
+    async def grouped(ctx: WorkflowContext) -> str:
+        async def ship() -> str:
+            await asyncio.sleep(0.01)
+            return await ctx.step("ship", no_courier)
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step("reserve", lambda: "r-1", compensate=release))
+            group.create_task(ctx.step("charge", lambda: "c-1", compensate=refund))
+            group.create_task(ship())
+        return "shipped"
+
+    async with make_env(grouped, release, refund) as env:
+        done = await env.execute(grouped)
+        assert done.status is RunStatus.COMPENSATED, done
+        assert sorted(undone) == ["c-1", "r-1"]
+        assert "step 'ship#t3-1' failed" in (done.error or "")  # keyed per task
