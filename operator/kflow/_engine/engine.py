@@ -25,11 +25,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from kflow._clock import Clock, SystemClock
+from kflow._engine.conflicts import conflict, differs
 from kflow._engine.leases import hold_lease
 from kflow._engine.segment import CANCELLED, UNDONE, Segments, decode_input, segment_outcome
 from kflow._engine.services import Services
 from kflow._env import EnvProvider, OsEnv
-from kflow._errors import InvalidInput, KflowError, RunConflict, UndeclaredNameError
+from kflow._errors import InvalidInput, KflowError, UndeclaredNameError
 from kflow._http import CircuitBreakers
 from kflow._models import (
     AuthContext,
@@ -173,7 +174,7 @@ class Engine:
                 # An existing run's input was valid: this is another request for its id.
                 existing = await self.store.find_run(run_id, idempotency_key)
                 if existing is not None:
-                    raise _conflict(existing, name, asked, encoded) from None
+                    raise conflict(existing, name, asked, encoded) from None
                 raise
             version = definition.version
             timeout = timeout or definition.timeout
@@ -190,8 +191,8 @@ class Engine:
             idempotency_key=idempotency_key,
             now=self.clock.now(),
         )
-        if not created and _differs(record, name, asked, encoded):
-            raise _conflict(record, name, asked, encoded)
+        if not created and differs(record, name, asked, encoded):
+            raise conflict(record, name, asked, encoded)
         return record
 
     def check_input(self, workflow: str, input: Any, *, version: int | None = None) -> None:
@@ -372,29 +373,3 @@ class Engine:
 
 def _as_it_is(run: RunRecord) -> SegmentOutcome:
     return segment_outcome(run.run_id, run.status, output=run.output, error=run.error)
-
-
-def _differs(run: RunRecord, workflow: str, version: int | None, encoded: Any) -> bool:
-    """Whether a start asked for something else than the run that has its id or key
-    (a version left to the registry matches whatever version the run was bound to)."""
-    other_version = version is not None and run.workflow_version not in (None, version)
-    return run.workflow_name != workflow or other_version or run.input != encoded
-
-
-def _conflict(run: RunRecord, workflow: str, version: int | None, encoded: Any) -> RunConflict:
-    differ = [
-        what
-        for what, same in (
-            ("workflow", run.workflow_name == workflow),
-            ("version", version is None or run.workflow_version in (None, version)),
-            ("input", run.input == encoded),
-        )
-        if not same
-    ]
-    key = f" (idempotency key {run.idempotency_key!r})" if run.idempotency_key else ""
-    return RunConflict(
-        f"run {run.run_id}{key} exists with another {' and '.join(differ)} (workflow "
-        f"{run.workflow_name!r} v{run.workflow_version}): a run id or idempotency key names "
-        "one run; start another run under a new one",
-        run,
-    )
