@@ -234,6 +234,25 @@ def test_cancel_runs_durable_compensations(operator: Operator, runs: Runs, tmp_p
     status = runs.wait_phase("trip", "Compensated")
     assert status["error"] == "cancelled: customer asked"
     assert lines(log) == ["reserve", "charge", "undo-charge", "undo-reserve"]
+    wait_for(lambda: "Cancelled: cancel (customer asked): the run is Compensated"
+             in runs.events("trip"), what="the cancel's answer")  # fmt: skip
+
+
+def test_every_action_gets_an_answer(operator: Operator, runs: Runs, tmp_path: Path) -> None:
+    runs.apply("done", "steps", {"log": str(tmp_path / "done.log"), "steps": 1})
+    runs.wait_phase("done", "Completed")
+    for key in ("kflow.io/cancel", "kflow.io/retire", "kflow.io/retry"):
+        runs.annotate("done", key, "")
+        wait_for(lambda key=key: key not in runs.annotations("done"), what=f"{key} removed")
+    answers = wait_for(lambda: len(e := runs.events("done")) >= 4 and e, what="three answers")
+    assert sorted(answers) == sorted([
+        "Completed: run Completed",
+        "NothingToCancel: nothing to cancel: the run is Completed",
+        "NothingToRetire: nothing to retire: the run is Completed",
+        f"RetryRefused: run {runs.get('done')['metadata']['uid']} is Completed: "
+        "only Failed or Blocked runs retry",
+    ])  # fmt: skip
+    assert runs.status("done")["phase"] == "Completed"
 
 
 def test_retry_of_a_failed_run(operator: Operator, runs: Runs, tmp_path: Path) -> None:
@@ -244,6 +263,7 @@ def test_retry_of_a_failed_run(operator: Operator, runs: Runs, tmp_path: Path) -
     flag.touch()
     runs.annotate("flaky", "kflow.io/retry", "")
     assert runs.wait_phase("flaky", "Completed")["output"] == "flag found"
+    assert any(e.startswith("Retried: retry: the run is ") for e in runs.events("flaky"))
     assert lines(log) == ["first"]  # the completed step did not run again
 
 

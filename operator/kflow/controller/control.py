@@ -63,3 +63,7 @@ class RunControl(Protocol):
 
     async def warn(self, ref: RunRef, reason: str, message: str) -> None:
         """Post a Warning Event on the WorkflowRun (never fails the caller)."""
+
+    async def event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
+        """Post an Event (``kind``: Normal or Warning) on the WorkflowRun (never fails the
+        caller)."""

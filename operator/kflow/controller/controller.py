@@ -378,14 +378,14 @@ class Controller:
         if outcome.status.is_terminal or outcome.status.is_blocked:
             kind = "Normal" if outcome.status in _NORMAL else "Warning"
             message = outcome.error or f"run {outcome.status.value}"
-            await self._event(record.ref, kind, outcome.status.value, message)
+            await self.event(record.ref, kind, outcome.status.value, message)
 
     # -- Events, annotations ------------------------------------------------------------
 
     async def warn(self, ref: RunRef, reason: str, message: str) -> None:
-        await self._event(ref, "Warning", reason, message)
+        await self.event(ref, "Warning", reason, message)
 
-    async def _event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
+    async def event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
         try:
             await self._kube.post_event(
                 namespace=ref.namespace, name=ref.name, uid=ref.uid,

@@ -33,6 +33,9 @@ __all__ = ["AnnotationDelivery", "rejected_event_text"]
 
 log = logging.getLogger(__name__)
 
+_DONE = {"cancel": "Cancelled", "retire": "Retired", "retry": "Retried"}
+"""The reason of the Event that answers an action it carried out."""
+
 
 def rejected_event_text(name: str, reason: str) -> str:
     """A refused event's Warning Event text, one form for every refusal: the annotation,
@@ -134,18 +137,22 @@ class AnnotationDelivery:
         self._c.mirror.touch(run_id)
 
     async def _act(self, ref: RunRef, action: Action) -> None:
+        """Do what the action asks, remove its annotation, and answer: an Event saying
+        what was done, why nothing was, or why it was refused. The pass that removes the
+        annotation answers, so a stale watch event that acts again says nothing."""
         c = self._c
         run_id = ref.run_id
-        reason = action.value or f"{action.verb} requested by annotation"
+        verb = action.verb
+        reason = action.value or f"{verb} requested by annotation"
         try:
-            if action.verb == "cancel":
-                if c.in_pods(run_id):
-                    run = await c.engine.get_run(run_id)
-                    if run.status == RunStatus.COMPENSATING:  # do not kill the undoing Pod
-                        raise KflowError(f"run {run_id} is being cancelled already")
-                await c.cancel(run_id, reason)
+            run = await c.engine.get_run(run_id)
+            if verb == "cancel":
+                if c.in_pods(run_id) and run.status == RunStatus.COMPENSATING:
+                    # Do not kill the Pod that undoes it.
+                    raise KflowError(f"run {run_id} is being cancelled already")
+                outcome = await c.cancel(run_id, reason)
             else:
-                if action.verb == "retire":
+                if verb == "retire":
                     outcome = await c.engine.retire(run_id, reason)
                 else:
                     outcome = await c.engine.retry(run_id)
@@ -153,5 +160,14 @@ class AnnotationDelivery:
         except TransientError:
             raise  # not refused: try again (the annotation stays until then)
         except KflowError as exc:
-            await c.warn(ref, f"{action.verb.capitalize()}Refused", str(exc))
-        await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value)
+            answer = ("Warning", f"{verb.capitalize()}Refused", str(exc))
+        else:
+            now = outcome.status.value
+            if run.status.is_terminal and outcome.status == run.status:
+                answer = ("Normal", f"NothingTo{verb.capitalize()}",
+                          f"nothing to {verb}: the run is {now}")  # fmt: skip
+            else:
+                why = "" if verb == "retry" else f" ({reason})"
+                answer = ("Normal", _DONE[verb], f"{verb}{why}: the run is {now}")
+        if await self._kube.remove_annotation(ref.namespace, ref.name, action.key, action.value):
+            await c.event(ref, *answer)
