@@ -97,7 +97,10 @@ class Waiting(_Model):
 
 
 class Condition(_Model):
-    type: Literal["Ready", "Waiting", "Blocked"]
+    """``Ready``, ``Waiting`` and ``Blocked`` always; ``SpecChanged`` (True) while the
+    spec's workflow, version or input differs from what the run started with."""
+
+    type: Literal["Ready", "Waiting", "Blocked", "SpecChanged"]
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str | None = None

@@ -16,6 +16,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kubernetes import client
+
 from kflow.dev.postgres import LocalPostgres, free_port
 from tests.e2e.conftest import Harness, wait_for
 from tests.e2e.operator_env import Operator, Runs, children, lines
@@ -226,6 +228,83 @@ def test_invalid_input_is_reported_on_the_status(operator: Operator, runs: Runs)
     assert "log: Field required" in status["error"]
 
 
+def test_a_refused_run_is_reported_once_and_retry_takes_its_fixed_spec(
+    operator: Operator, runs: Runs, tmp_path: Path
+) -> None:
+    runs.apply("typo", "steps", {"lg": "/tmp/x"})
+    runs.wait_phase("typo", "Failed")
+    for _ in range(2):
+        operator.stop()
+        operator.start()
+    log = tmp_path / "fixed.log"
+    runs.apply("typo", "steps", {"log": str(log), "steps": 1})  # fixed: nothing runs yet
+    time.sleep(2)
+    assert runs.status("typo")["phase"] == "Failed" and lines(log) == []
+    refusals = [e for e in runs.events("typo") if e.startswith("InvalidInput")]
+    assert len(refusals) == 1, refusals  # not again at each restart
+    runs.annotate("typo", "kflow.io/retry", "")
+    assert runs.wait_phase("typo", "Completed")["output"] == ["work-0"]
+    assert "kflow.io/retry" not in runs.annotations("typo")
+    assert "Retried: retry: the spec is valid now; the run starts" in runs.events("typo")
+
+
+def test_a_runs_spec_cannot_change_under_it(operator: Operator, runs: Runs, tmp_path: Path) -> None:
+    log = tmp_path / "edited.log"
+    runs.apply("edited", "approval", {"log": str(log)})
+    runs.apply("finished", "steps", {"log": str(tmp_path / "finished.log"), "steps": 1})
+    runs.wait_phase("edited", "Waiting")
+    runs.wait_phase("finished", "Completed")
+    for name in ("edited", "finished"):
+        runs.h.run("kubectl", "patch", "-n", runs.ns, f"wfr/{name}", "--type=merge",
+                   "-p", json.dumps({"spec": {"input": "garbage"}}))  # fmt: skip
+
+    def changed(name: str) -> dict[str, str] | None:
+        found = [c for c in runs.status(name).get("conditions", []) if c["type"] == "SpecChanged"]
+        return found[0] if found else None
+
+    for name in ("edited", "finished"):
+        condition = wait_for(lambda name=name: changed(name), what=f"{name}'s SpecChanged")
+        assert condition["status"] == "True"
+        assert condition["message"].startswith(
+            "spec.input changed after the run started: the run keeps the spec it started with"
+        )
+    operator.stop()
+    operator.start()  # PostgreSQL's record is the truth: nothing is re-derived from the spec
+    time.sleep(2)
+    assert runs.status("edited")["phase"] == "Waiting"
+    assert runs.status("finished")["phase"] == "Completed"
+    for name in ("edited", "finished"):
+        said = [e for e in runs.events(name) if e.startswith("SpecChanged")]
+        assert len(said) == 1, said  # once, not again at the restart
+        assert changed(name) is not None
+        assert runs.status(name)["observedGeneration"] == runs.get(name)["metadata"]["generation"]
+    runs.annotate("edited", "event.kflow.io/approved", '{"by": "ana"}')
+    assert runs.wait_phase("edited", "Completed")["output"] == "ana"
+    assert lines(log) == ["approved-by-ana"]  # with its first input
+
+
+def test_runs_in_two_namespaces_never_share_kv(
+    harness: Harness, crds: None, namespace: str, api: client.ApiClient, pg_dsn: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    other = f"{namespace}-b"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        op = Operator(harness, namespace, pg_dsn, tmp_path)
+        op.env["KFLOW_NAMESPACES"] = json.dumps([namespace, other])
+        a, b = Runs(harness, api, namespace, tmp_path), Runs(harness, api, other, tmp_path)
+        with op.running():
+            a.apply("set", "notes", {"key": "secret", "value": "team-a"})
+            assert a.wait_phase("set", "Completed")["output"] == "team-a"
+            b.apply("read", "notes", {"key": "secret"})
+            assert "output" not in b.wait_phase("read", "Completed")  # None: not team-a's
+            a.apply("read", "notes", {"key": "secret"})
+            assert a.wait_phase("read", "Completed")["output"] == "team-a"  # its own, kept
+    finally:
+        core.delete_namespace(other)
+
+
 def test_cancel_runs_durable_compensations(operator: Operator, runs: Runs, tmp_path: Path) -> None:
     log = tmp_path / "saga.log"
     runs.apply("trip", "saga", {"log": str(log)})
@@ -339,6 +418,15 @@ def test_the_admission_webhook_refuses_bad_input(
         assert "spec.input" in refused.stderr and "log: Field required" in refused.stderr
         runs.apply("fine", "steps", {"log": str(tmp_path / "fine.log"), "steps": 1})
         runs.wait_phase("fine", "Completed")
+        # Once the run exists, its workflow, version and input cannot change.
+        for edit in ({"input": {"log": "/tmp/other"}}, {"version": 2}, {"workflow": "sleeper"}):
+            patched = harness.run("kubectl", "patch", "-n", namespace, "wfr/fine", "--type=merge",
+                                  "-p", json.dumps({"spec": edit}), check=False)  # fmt: skip
+            assert patched.returncode != 0, edit
+            field = next(iter(edit))
+            assert f"spec.{field} cannot change once the run exists" in patched.stderr
+        harness.run("kubectl", "label", "-n", namespace, "wfr/fine", "team=a")  # the rest may
+        assert runs.get("fine")["spec"]["input"]["log"] == str(tmp_path / "fine.log")
 
 
 def test_deletion_waits_for_a_stalled_database_and_never_hangs(

@@ -110,3 +110,17 @@ async def slow_saga(ctx: WorkflowContext, job: Job) -> str:
     await ctx.step("reserve", mark, job.log, "reserve", compensate=unmark.bind(job.log, "reserve"))
     await ctx.step("slow", mark, job.log, "slow", job.delay)
     return "done"
+
+
+class Note(BaseModel):
+    key: str
+    value: str | None = None
+
+
+@workflow(name="notes")
+async def notes(ctx: WorkflowContext, note: Note) -> str | None:
+    """Sets ``key`` (when a value is given), then reads it back: ``ctx.kv`` as a run sees it."""
+    if note.value is not None:
+        await ctx.kv.set(note.key, note.value)
+    found: str | None = await ctx.kv.get(note.key)
+    return found

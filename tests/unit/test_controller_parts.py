@@ -190,6 +190,7 @@ def _mirror(
     return StatusMirror(
         engine=fake, kube=fake, clock=clock or SystemClock(),  # type: ignore[arg-type]
         interval=timedelta(seconds=interval), ref=lambda _: ref, executor=executor,
+        spec_changed=lambda _: None,
         on_rejected=lambda *_: asyncio.sleep(0), max_steps=50, max_output_bytes=1024,
     )  # fmt: skip
 

@@ -2,8 +2,15 @@
 
 An object seen (created, or listed again after a restart) gets its run: created in
 PostgreSQL (idempotent by the object's uid) and bound to what its `Workflow` declares
-when its code runs in Pods, then handed to the controller to track and submit. A spec or
-input that cannot run is refused once, on the status and in a Warning Event. kopf does
+when its code runs in Pods, then handed to the controller to track and submit. Runs are
+tenants of their namespace (`tenant_of`: ``ctx.kv`` is never shared across namespaces).
+
+Once the run exists, PostgreSQL's record is the truth: a spec whose workflow, version or
+input was edited since (`RunConflict`) does not change the run; the run is adopted as it
+is and the edit reported (`SpecChanged`: a Warning Event, once, and a condition). A spec
+or input that cannot run is refused once, on the status and in a Warning Event; the
+status says so after a restart too, so the object stays refused (and is not reported
+again) until ``kflow.io/retry`` re-validates its spec as it is then. kopf does
 not retry event handlers, so a failure of the store or the API server is retried here,
 one attempt at a time per object (the next one is a timer on the run's record); a
 deletion during an attempt (the record is forgotten) cancels what it started.
@@ -12,21 +19,43 @@ deletion during an attempt (the record is forgotten) cancels what it started.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
-from kflow._errors import ApiError, InvalidInput, TransientError
-from kflow._models import RunStatus
-from kflow.controller.bodies import Invalid
+from kflow._errors import ApiError, InvalidInput, RunConflict, TransientError
+from kflow._models import RunRecord, RunStatus
+from kflow.controller.bodies import Invalid, spec_edits
 from kflow.controller.control import RunControl
 from kflow.controller.kube import KubeApi
 from kflow.controller.runs import RETRY_AFTER, Purpose, RunRef, TimerKey, TrackedRun
 from kflow.resources import WorkflowRunSpec, WorkflowRunStatus
 
-__all__ = ["Adoption"]
+__all__ = ["TENANTS", "Adoption", "tenant_of"]
 
 log = logging.getLogger(__name__)
+
+TENANTS = uuid.UUID("de8785fa-719c-5318-8f0c-85a25e8ba048")
+"""The namespace of tenant ids: ``uuid5(NAMESPACE_DNS, "tenants.kflow.io")``."""
+
+
+def tenant_of(namespace: str) -> uuid.UUID:
+    """The tenant of a WorkflowRun's run: its Kubernetes namespace, as
+    ``uuid5(TENANTS, namespace)`` (stable across operators and restarts)."""
+    return uuid.uuid5(TENANTS, namespace)
+
+
+def refused_before(status: WorkflowRunStatus | None) -> bool:
+    """The object's status says an operator refused it (Failed, with an error, and no
+    run: a run's status always names it)."""
+    return (
+        status is not None and status.phase == RunStatus.FAILED.value
+        and status.run_id is None and bool(status.error)
+    )  # fmt: skip
+
+
+SPEC_CHANGED = "SpecChanged"
 
 
 class Adoption:
@@ -56,6 +85,9 @@ class Adoption:
         status: WorkflowRunStatus | None, *, resumed: bool,
     ) -> None:  # fmt: skip
         ref = record.ref
+        if refused_before(status):  # reported already: at most `retry` takes it again
+            record.refused = True
+            return
         try:
             if isinstance(spec, Invalid):
                 await self._refuse(record, "InvalidSpec", f"invalid spec: {spec.message}")
@@ -98,15 +130,60 @@ class Adoption:
                 version=declared.version if declared else spec.version,
                 signature=declared.signature if declared else None,
                 run_id=run_id,
+                tenant_id=tenant_of(ref.namespace),
                 timeout=timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None,
             )
         except InvalidInput as exc:
             await self._refuse(record, "InvalidInput", str(exc))
             return
+        except RunConflict as exc:  # the spec was edited since: the run stays as it is
+            run = exc.existing
         if not self._current(record):  # deleted while this attempt ran: nothing may run it
             await c.engine.cancel(run_id, "the WorkflowRun was deleted")
             return
         await c.begin(record, run, spec, status, resumed=resumed)  # a failed start retries
+        await self.check_spec(record, spec, run, status)
+
+    async def check_spec(
+        self, record: TrackedRun, spec: WorkflowRunSpec, run: RunRecord,
+        status: WorkflowRunStatus | None = None,
+    ) -> None:  # fmt: skip
+        """Compare the object's spec with the run's and report an edit of its fixed
+        fields (once: not again if ``status``, the object's, reports it already)."""
+        started = WorkflowRunSpec.model_construct(
+            workflow=run.workflow_name,
+            version=None if spec.version is None else run.workflow_version,
+            input=run.input,
+        )
+        edits = spec_edits(started, spec)
+        message = None
+        if edits:
+            message = (
+                f"{', '.join(edits)} changed after the run started: the run keeps the spec "
+                f"it started with (workflow {run.workflow_name!r} v{run.workflow_version}, "
+                "its input in PostgreSQL); create a new WorkflowRun to run another"
+            )
+        before, record.spec_changed = record.spec_changed, message
+        if message == before:
+            return
+        self._c.mirror.touch(record.run_id)
+        said = status is not None and any(
+            c.type == SPEC_CHANGED and c.status == "True" and c.message == message
+            for c in status.conditions
+        )
+        if message is not None and not said:
+            await self._c.warn(record.ref, SPEC_CHANGED, message)
+
+    async def retry_refused(self, ref: RunRef, spec: WorkflowRunSpec | Invalid) -> bool:
+        """``kflow.io/retry`` on a refused WorkflowRun: validate its spec as it is now and
+        adopt it if it is valid (else it is refused again, with the new reason). True
+        once the attempt is made (adopted, refused, or to be tried again)."""
+        record = self._c.record(ref.run_id)
+        if record is None or not record.refused:
+            return False
+        record.ref, record.refused = ref, False
+        await self._attempt(record, spec, None, resumed=False)
+        return True
 
     async def _refuse(self, record: TrackedRun, reason: str, message: str) -> None:
         """Report a WorkflowRun that cannot be run, instead of running it (once)."""

@@ -24,10 +24,11 @@ from kflow._workflow import EVENT_NAME_RE
 __all__ = ["Action", "EventAnnotation", "Rejected", "parse_annotations"]
 
 EVENT_PREFIX = "event.kflow.io/"
+RETRY = "kflow.io/retry"
 ACTIONS: dict[str, Literal["cancel", "retire", "retry"]] = {
     "kflow.io/cancel": "cancel",
     "kflow.io/retire": "retire",
-    "kflow.io/retry": "retry",
+    RETRY: "retry",
 }
 
 

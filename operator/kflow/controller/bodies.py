@@ -21,14 +21,19 @@ from kflow.controller.runs import RunRef
 from kflow.resources import WorkflowRunSpec, WorkflowRunStatus, WorkflowSpec
 
 __all__ = [
+    "FIXED",
     "Invalid",
     "WorkflowObject",
     "kflow_annotations",
     "run_ref",
     "run_spec",
     "run_status",
+    "spec_edits",
     "workflow_object",
 ]
+
+FIXED = ("workflow", "version", "input")
+"""The fields of a WorkflowRun's spec that cannot change once its run exists."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,11 @@ def run_status(body: Mapping[str, Any]) -> WorkflowRunStatus | None:
     with contextlib.suppress(ValidationError):
         return WorkflowRunStatus.model_validate(dict(live))
     return None
+
+
+def spec_edits(before: WorkflowRunSpec, after: WorkflowRunSpec) -> list[str]:
+    """The fixed fields (`FIXED`) that ``after`` changes, as ``spec.<field>``."""
+    return [f"spec.{name}" for name in FIXED if getattr(before, name) != getattr(after, name)]
 
 
 def kflow_annotations(body: Mapping[str, Any]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from kflow._engine import Engine
 from kflow._errors import RunNotFound, TransientError
 from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.controller.adoption import Adoption
+from kflow.controller.annotations import RETRY
 from kflow.controller.bodies import Invalid, WorkflowObject, workflow_object
 from kflow.controller.catalog import Catalog
 from kflow.controller.delivery import AnnotationDelivery, rejected_event_text
@@ -89,6 +90,7 @@ class Controller:
         self.mirror = StatusMirror(
             engine=engine, kube=kube, clock=clock, interval=settings.status_interval,
             ref=self._ref, executor=self._executor_view, on_rejected=self._payload_rejected,
+            spec_changed=self._spec_changed,
             max_steps=settings.max_status_steps,
             max_output_bytes=settings.max_status_output_bytes,
         )  # fmt: skip
@@ -149,6 +151,19 @@ class Controller:
     def adopted(self, ref: RunRef) -> bool:
         return self._tracked(ref.run_id) is not None
 
+    def refused(self, ref: RunRef) -> bool:
+        """Refused for an invalid spec or input (it has no run)."""
+        record = self._runs.get(ref.run_id)
+        return record is not None and record.refused
+
+    async def has_run(self, ref: RunRef) -> bool:
+        """The WorkflowRun's run exists in PostgreSQL."""
+        try:
+            await self.engine.get_run(ref.run_id)
+        except RunNotFound:
+            return False
+        return True
+
     def knows(self, ref: RunRef) -> bool:
         """Adopted, refused, or being adopted (perhaps again later): nothing to do on a new
         event."""
@@ -204,6 +219,10 @@ class Controller:
         if record is None or self._executor(record) is self.inline:
             return None
         return ExecutorView(kind="pod", pod=record.pod.pod, message=record.problem)
+
+    def _spec_changed(self, run_id: uuid.UUID) -> str | None:
+        record = self._tracked(run_id)
+        return None if record is None else record.spec_changed
 
     def progress(self, run_id: uuid.UUID) -> None:
         """A runner announced a record of the run (PostgreSQL NOTIFY): mirror it."""
@@ -261,6 +280,44 @@ class Controller:
         ``resumed``: a previous operator may have died mid-run; ``status`` is the
         object's (a previous operator wrote it)."""
         await self._adoption.adopt(ref, spec, status=status, resumed=resumed)
+
+    async def spec_seen(self, ref: RunRef, spec: WorkflowRunSpec | Invalid) -> None:
+        """A watch event of an adopted run: if its spec was edited since it was last seen
+        (its generation), the run does not change; the edit is reported."""
+        record = self._tracked(ref.run_id)
+        if record is None or ref.generation == record.ref.generation:
+            return
+        before, record.ref = record.ref, ref  # its status observes this generation
+        self.mirror.touch(ref.run_id)
+        if isinstance(spec, Invalid):  # the API server's schema lets little through
+            await self.warn(ref, "InvalidSpec", f"the edited spec is invalid, and ignored: "
+                            f"{spec.message}")  # fmt: skip
+            return
+        try:
+            run = await self.engine.get_run(ref.run_id)
+        except TransientError as exc:
+            log.warning("cannot compare %s/%s with its run yet: %s", ref.namespace, ref.name, exc)
+            record.ref = before  # the next watch event looks again
+            return
+        await self._adoption.check_spec(record, spec, run)
+
+    async def retry_refused(
+        self, ref: RunRef, spec: WorkflowRunSpec | Invalid, annotations: dict[str, str]
+    ) -> None:
+        """``kflow.io/retry`` on a refused WorkflowRun re-validates its spec as it is now
+        (`kflow.controller.adoption.Adoption.retry_refused`); the other annotations wait
+        for the run, as they would on a new object."""
+        value = annotations.get(RETRY)
+        if value is None or not await self._adoption.retry_refused(ref, spec):
+            return
+        removed = await self._kube.remove_annotation(ref.namespace, ref.name, RETRY, value)
+        annotations.pop(RETRY)
+        if not removed or self.refused(ref):
+            return  # refused again: its Warning (InvalidInput, InvalidSpec) answers
+        message = "the spec is valid now; the run starts" if self.adopted(ref) else (
+            "the spec is being validated again (the store did not answer; trying again)"
+        )  # fmt: skip
+        await self.event(ref, "Normal", "Retried", f"retry: {message}")
 
     async def begin(
         self, record: TrackedRun, run: RunRecord, spec: WorkflowRunSpec,

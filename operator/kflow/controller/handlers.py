@@ -20,6 +20,7 @@ from kflow.controller.bodies import (
     run_ref,
     run_spec,
     run_status,
+    spec_edits,
     workflow_object,
 )
 from kflow.controller.controller import Controller
@@ -64,7 +65,11 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
             await controller.adopt(
                 ref, run_spec(body), status=run_status(body), resumed=event["type"] is None
             )
+        elif controller.adopted(ref):
+            await controller.spec_seen(ref, run_spec(body))  # edited since? (generation)
         ours = kflow_annotations(body)
+        if ours and controller.refused(ref):
+            await controller.retry_refused(ref, run_spec(body), ours)
         if ours and controller.adopted(ref):
             await controller.annotations(ref, ours)
 
@@ -107,8 +112,32 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         except InvalidInput as exc:
             raise kopf.AdmissionError(f"spec.input: {exc}") from exc
 
+    async def fixed(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **kwargs: Any) -> None:
+        """Refuse an edit of a run's workflow, version or input once the run exists (a
+        refused WorkflowRun, which has no run, may be fixed: its new spec is validated)."""
+        controller: Controller = memo["controller"]
+        old: kopf.Body | None = kwargs.get("old")
+        before, after = run_spec(old or {}), run_spec(body)
+        if not isinstance(before, WorkflowRunSpec) or not isinstance(after, WorkflowRunSpec):
+            return  # the API server's schema checks what does not parse
+        edits = spec_edits(before, after)
+        if not edits:
+            return
+        try:
+            exists = await controller.has_run(run_ref(body))
+        except TransientError:  # the operator reports the edit if the run exists
+            return
+        if not exists:
+            validate(spec, memo)
+            return
+        raise kopf.AdmissionError(
+            f"{', '.join(edits)} cannot change once the run exists: the run keeps the spec "
+            "it started with; create a new WorkflowRun to run another"
+        )
+
     if admission:
         kopf.on.validate(**runs, id="input", operation="CREATE", ignore_failures=True)(validate)
+        kopf.on.validate(**runs, id="fixed", operation="UPDATE", ignore_failures=True)(fixed)
 
     @kopf.on.probe(id="database", registry=registry)
     async def database(memo: kopf.Memo, **_: Any) -> str:

@@ -49,6 +49,7 @@ class StatusMirror:
         interval: timedelta,
         ref: Callable[[uuid.UUID], RunRef | None],
         executor: Callable[[uuid.UUID], ExecutorView | None],
+        spec_changed: Callable[[uuid.UUID], str | None],
         on_rejected: Callable[[uuid.UUID, str, str], Awaitable[None]],
         max_steps: int,
         max_output_bytes: int,
@@ -59,6 +60,7 @@ class StatusMirror:
         self._interval = interval.total_seconds()
         self._ref = ref
         self._executor = executor
+        self._spec_changed = spec_changed
         self._on_rejected = on_rejected
         self._since = clock.now()
         self._reported: dict[uuid.UUID, set[int]] = {}
@@ -181,6 +183,7 @@ class StatusMirror:
             max_steps=self._max_steps,
             max_output_bytes=self._max_output,
             refused=self.rejected.get(run_id, []),
+            spec_changed=self._spec_changed(run_id),
         )
         await self._report_rejections(run_id, events)
         status.executor = self._executor(run_id)

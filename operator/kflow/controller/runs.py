@@ -90,6 +90,9 @@ class TrackedRun:
     """When an event that wakes the run was stored (monotonic; the latency metric)."""
     problem: str | None = None
     """The last segment Pod failure, shown on the status until a segment goes through."""
+    spec_changed: str | None = None
+    """Why the object's spec is not the run's (its fixed fields were edited after the run
+    started), shown on the status (condition ``SpecChanged``) while it lasts."""
 
     steal: bool = False
     """The next segment takes the run's lease even if held (its holder is known dead)."""

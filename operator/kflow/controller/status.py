@@ -91,10 +91,12 @@ def _state(run: RunRecord, step: StepState) -> str:
     return step.status.value
 
 
-def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> list[Condition]:
+def _conditions(
+    run: RunRecord, now: datetime, previous: list[Condition], spec_changed: str | None
+) -> list[Condition]:
     before: dict[str, Condition] = {c.type: c for c in previous}
     blocked = run.status.is_blocked
-    wanted = [
+    wanted: list[tuple[str, bool, str, str]] = [
         ("Ready", run.status == RunStatus.COMPLETED, run.status.value, run.error or ""),
         (
             "Waiting",
@@ -104,6 +106,8 @@ def _conditions(run: RunRecord, now: datetime, previous: list[Condition]) -> lis
         ),
         ("Blocked", blocked, run.status.value if blocked else "NotBlocked", run.error or ""),
     ]
+    if spec_changed is not None:  # shown only while it holds
+        wanted.append(("SpecChanged", True, "SpecChanged", spec_changed))
     out = []
     for kind, on, reason, message in wanted:
         status = "True" if on else "False"
@@ -135,10 +139,12 @@ def build_status(
     max_output_bytes: int = 16 * 1024,
     total_steps: int | None = None,
     refused: list[EventDelivery] | None = None,
+    spec_changed: str | None = None,
 ) -> WorkflowRunStatus:
     """The status for ``run``; ``history`` in record order (perhaps only its end, of
     ``total_steps`` records), ``events`` from the inbox, ``refused`` the event annotations
-    refused before they reached it (shown with them, in time order)."""
+    refused before they reached it (shown with them, in time order); ``spec_changed``:
+    why the object's spec is not the run's, if it is not."""
     shown = history[-max_steps:]
     total = len(history) if total_steps is None else total_steps
     output, truncated = run.output, False
@@ -174,7 +180,9 @@ def build_status(
             "outputTruncated": truncated,
             "error": _cut(run.error),
             "events": _events(events, refused),
-            "conditions": _conditions(run, now, previous.conditions if previous else []),
+            "conditions": _conditions(
+                run, now, previous.conditions if previous else [], spec_changed
+            ),
             "observedGeneration": generation,
         }
     )
