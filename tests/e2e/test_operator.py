@@ -429,6 +429,35 @@ def test_the_admission_webhook_refuses_bad_input(
         assert runs.get("fine")["spec"]["input"]["log"] == str(tmp_path / "fine.log")
 
 
+def test_a_definition_conflict_is_reported_at_start(
+    harness: Harness, crds: None, namespace: str, pg_dsn: str, runs: Runs, tmp_path: Path
+) -> None:
+    op = Operator(harness, namespace, pg_dsn, tmp_path)
+    recorded = "0" * 64  # another contract for 'steps' v1 than the code's
+    op.in_store(
+        lambda store: store.upsert_definition(
+            name="steps", version=1, signature=recorded, same=[recorded], steps=["work"],
+            events=[], timeout_s=None, input_schema={}, output_schema={},
+            now=datetime.now(UTC),
+        )
+    )  # fmt: skip
+    manifest = tmp_path / "wf.json"
+    manifest.write_text(json.dumps({
+        "apiVersion": "kflow.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "steps-v1"},
+        "spec": {"workflow": "steps", "version": 1, "signature": recorded, "executor": "inline"},
+    }))  # fmt: skip
+    harness.run("kubectl", "apply", "-n", namespace, "-f", manifest)
+    with op.running():
+        assert 'kflow_definition_conflicts{version="1",workflow="steps"} 1.0' in op.metrics()
+        said = wait_for(lambda: runs.events("steps-v1"), what="an Event on the Workflow")
+        assert len(said) == 1 and said[0].startswith(
+            "DefinitionConflict: workflow 'steps' v1 is recorded with signature 000000000000"
+        )
+        assert f"(recorded {recorded}, code " in said[0]
+        logged = [line for line in lines(op.log) if "definition conflict" in line]
+        assert len(logged) == 1 and " ERROR " in logged[0]
+
+
 def test_deletion_waits_for_a_stalled_database_and_never_hangs(
     harness: Harness, crds: None, namespace: str, runs: Runs, tmp_path: Path
 ) -> None:

@@ -33,16 +33,19 @@ class Catalog:
     def __init__(self, default: Executor) -> None:
         self._default: Executor = default
         self._by_uid: dict[str, tuple[str, WorkflowSpec]] = {}
+        self._names: dict[str, str] = {}
         # Looked up on every submit and status write: by (namespace, workflow), not a scan.
         self._by_name: dict[tuple[str, str], dict[str, WorkflowSpec]] = {}
 
-    def put(self, uid: str, namespace: str, spec: WorkflowSpec) -> None:
+    def put(self, uid: str, namespace: str, spec: WorkflowSpec, *, name: str = "") -> None:
         self.remove(uid)  # the object may have been renamed to another workflow
         self._by_uid[uid] = (namespace, spec)
+        self._names[uid] = name
         self._by_name.setdefault((namespace, spec.workflow), {})[uid] = spec
 
     def remove(self, uid: str) -> None:
         entry = self._by_uid.pop(uid, None)
+        self._names.pop(uid, None)
         if entry is None:
             return
         namespace, spec = entry
@@ -59,6 +62,15 @@ class Catalog:
             return next((s for s in specs if s.version == version), None)
         active = [s for s in specs if s.active]
         return max(active, key=lambda s: s.version) if active else None
+
+    def objects(self, workflow: str, version: int) -> list[tuple[str, str, str]]:
+        """The objects that declare ``workflow`` at ``version``, in every namespace seen:
+        (uid, namespace, name) each."""
+        return [
+            (uid, namespace, self._names.get(uid, ""))
+            for uid, (namespace, spec) in self._by_uid.items()
+            if spec.workflow == workflow and spec.version == version
+        ]
 
     def placement(self, namespace: str, workflow: str, version: int | None) -> Placement:
         spec = self.find(namespace, workflow, version)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from kflow._clock import Clock
 from kflow._engine import Engine
 from kflow._errors import RunNotFound, TransientError
-from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepState
+from kflow._models import DefinitionConflict, RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.controller.adoption import Adoption
 from kflow.controller.annotations import RETRY
 from kflow.controller.bodies import Invalid, WorkflowObject, workflow_object
@@ -255,7 +255,7 @@ class Controller:
             log.error("ignoring Workflow %s/%s: %s", seen.namespace, seen.name, seen.spec.message)
             self.catalog.remove(seen.uid)
             return
-        self.catalog.put(seen.uid, seen.namespace, seen.spec)
+        self.catalog.put(seen.uid, seen.namespace, seen.spec, name=seen.name)
         for record in list(self._runs.values()):
             if record.phase is None or record.ref.namespace != seen.namespace:
                 continue
@@ -265,6 +265,27 @@ class Controller:
                 record.phase == RunStatus.COMPENSATING and record.pod.state is PodState.IDLE
             ):
                 self.submit(record.run_id)
+
+    async def definition_conflicts(self, conflicts: list[DefinitionConflict]) -> None:
+        """Report the workflow versions PostgreSQL records with another signature than
+        this code's (`Engine.register_definitions`; their runs block): an ERROR log line,
+        the ``kflow_definition_conflicts`` gauge, and a Warning Event on each `Workflow`
+        object of that name and version (read by `load_workflows`)."""
+        for conflict in conflicts:
+            log.error("definition conflict: %s (recorded %s, code %s)",
+                      conflict.message, conflict.stored, conflict.code)  # fmt: skip
+            labels = (conflict.name, str(conflict.version))
+            self.metrics.definition_conflicts.labels(*labels).set(1)
+            message = f"{conflict.message} (recorded {conflict.stored}, code {conflict.code})"
+            for uid, namespace, name in self.catalog.objects(conflict.name, conflict.version):
+                try:
+                    await self._kube.post_event(
+                        namespace=namespace, name=name, uid=uid, type="Warning",
+                        reason="DefinitionConflict", message=message, kind="Workflow",
+                    )  # fmt: skip
+                except Exception as exc:  # an Event is a courtesy, as on runs
+                    log.warning("could not post DefinitionConflict on %s/%s: %s",
+                                namespace, name, exc)  # fmt: skip
 
     def workflow_deleted(self, uid: str) -> None:
         self.catalog.remove(uid)

@@ -196,23 +196,26 @@ class KubeApi:
         type: str,
         reason: str,
         message: str,
+        kind: str = "WorkflowRun",
     ) -> None:
-        """Record a Kubernetes Event on a WorkflowRun (``kubectl describe`` shows it)."""
+        """Record a Kubernetes Event on a WorkflowRun, or another kflow object of ``kind``
+        (``kubectl describe`` shows it)."""
         body = event_body(namespace=namespace, name=name, uid=uid, type=type, reason=reason,
-                          message=message)  # fmt: skip
+                          message=message, kind=kind)  # fmt: skip
         await self._send("POST", f"/api/v1/namespaces/{namespace}/events", body, "application/json")
 
 
 def event_body(
-    *, namespace: str, name: str, uid: str, type: str, reason: str, message: str
-) -> dict[str, Any]:
-    """The Kubernetes Event the operator posts on a WorkflowRun."""
+    *, namespace: str, name: str, uid: str, type: str, reason: str, message: str,
+    kind: str = "WorkflowRun",
+) -> dict[str, Any]:  # fmt: skip
+    """The Kubernetes Event the operator posts on a WorkflowRun (or a Workflow)."""
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     return {
         "metadata": {"generateName": f"{name}."},
         "involvedObject": {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "WorkflowRun",
+            "kind": kind,
             "name": name,
             "namespace": namespace,
             "uid": uid,

@@ -47,8 +47,9 @@ async def run_operator(
     )  # fmt: skip
     # The controller subscribes to the engine's records: wiring goes one way.
     controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
-    await engine.register_definitions()
+    conflicts = await engine.register_definitions()  # not overwritten: reported
     await controller.load_workflows()
+    await controller.definition_conflicts(conflicts)
     if settings.metrics_port:
         controller.metrics.serve(settings.metrics_port)
     log.info(

@@ -8,7 +8,9 @@
   it woke;
 - ``kflow_timer_lateness_seconds``: how late sleep timers fired;
 - ``kflow_pod_problems_total{reason}``: segment Pods that failed (``SegmentFailed``), do
-  not start (``PodNotStarting``) or cannot be made (``NoPodTemplate``).
+  not start (``PodNotStarting``) or cannot be made (``NoPodTemplate``);
+- ``kflow_definition_conflicts{workflow,version}``: 1 for each workflow version that
+  PostgreSQL records with another signature than this operator's code (its runs block).
 
 Step durations are observed for inline runs; a segment Pod's steps are recorded by its
 runner (their timings are in each run's status and in PostgreSQL).
@@ -50,6 +52,11 @@ class Metrics:
         self.pod_problems = Counter(
             "kflow_pod_problems", "Segment Pods that failed, did not start or were not made",
             ["reason"], registry=r,
+        )  # fmt: skip
+        self.definition_conflicts = Gauge(
+            "kflow_definition_conflicts",
+            "Workflow versions recorded with another signature than this code's (runs block)",
+            ["workflow", "version"], registry=r,
         )  # fmt: skip
         for status in RunStatus:
             self.runs.labels(status.value)
