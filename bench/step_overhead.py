@@ -8,6 +8,9 @@ Measures, on the same database and in the same process run:
   single-row INSERT commits from a raw asyncpg loop on one connection;
 - concurrent: R runs x 10 no-op steps advanced at once, against R tasks x 10 commits on a
   raw asyncpg pool of the same size as the store's;
+- sequential, typed sync steps: the first shape with a synchronous step function that
+  returns a pydantic model (it runs in a thread, and its result is validated into its
+  declared type), against the same raw commits;
 - DBOS: the same two shapes with ``@DBOS.step`` (in a subprocess; skipped if dbos is not
   installed).
 
@@ -29,8 +32,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+from pydantic import BaseModel
 
-from kflow import Engine, Registry, Store, WorkflowContext, workflow
+from kflow import Engine, Registry, Store, WorkflowContext, WorkflowDefinition, workflow
 from kflow.dev.postgres import LocalPostgres
 
 POOL = 10
@@ -44,6 +48,22 @@ async def noop() -> None:
 async def many_steps(ctx: WorkflowContext, n: int) -> int:
     for _ in range(n):
         await ctx.step("noop", noop)
+    return n
+
+
+class Reading(BaseModel):
+    sensor: str
+    value: float
+
+
+def read() -> Reading:
+    return Reading(sensor="s-1", value=1.5)
+
+
+@workflow(name="bench-typed-sync-steps", steps=["read"])
+async def typed_sync_steps(ctx: WorkflowContext, n: int) -> int:
+    for _ in range(n):
+        await ctx.step("read", read)
     return n
 
 
@@ -87,8 +107,10 @@ async def raw_concurrent(dsn: str, runs: int, per_run: int) -> float:
         await pool.close()
 
 
-async def engine_sequential(engine: Engine, n: int) -> float:
-    run = await engine.start(many_steps, n)
+async def engine_sequential(
+    engine: Engine, n: int, workflow: WorkflowDefinition = many_steps
+) -> float:
+    run = await engine.start(workflow, n)
     start = time.perf_counter()
     outcome = await engine.run_segment(run.run_id)
     elapsed = time.perf_counter() - start
@@ -127,12 +149,15 @@ async def median(rounds: int, measure: Callable[[], Awaitable[float]]) -> float:
 
 async def bench(dsn: str, args: argparse.Namespace) -> None:
     store = await Store.open(dsn, schema=f"kflow_bench_{uuid.uuid4().hex[:8]}", max_size=POOL)
-    engine = Engine(store, Registry(many_steps))
+    engine = Engine(store, Registry(many_steps, typed_sync_steps))
     try:
         await engine_sequential(engine, 100)  # warm up connections and caches
         await raw_sequential(dsn, 100)
         seq_engine = await median(args.repeat, lambda: engine_sequential(engine, args.steps))
         seq_raw = await median(args.repeat, lambda: raw_sequential(dsn, args.steps))
+        typed_engine = await median(
+            args.repeat, lambda: engine_sequential(engine, args.steps, typed_sync_steps)
+        )
         par_engine = await median(
             args.repeat, lambda: engine_concurrent(engine, args.runs, args.per_run)
         )
@@ -150,6 +175,7 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
             seq_raw,
             dbos and dbos["sequential"],
         ),
+        (f"sequential: {args.steps} typed sync steps", typed_engine, seq_raw, None),
         (
             f"concurrent: {args.runs} runs x {args.per_run} steps, pool {POOL}",
             par_engine,

@@ -109,15 +109,14 @@ async def test_a_compensation_that_fails_fails_the_run_naming_it_and_retry_finis
 async def test_a_failure_in_a_gather_undoes_the_siblings_that_completed(make_env) -> None:
     @workflow(name="fan-out-saga", steps=["reserve", "charge", "ship"])
     async def fan_out(ctx: WorkflowContext) -> object:
+        reserve = asyncio.ensure_future(ctx.step("reserve", lambda: "r-1", compensate=release))
+        charge = asyncio.ensure_future(ctx.step("charge", lambda: "c-1", compensate=refund))
+
         async def ship() -> str:
-            await asyncio.sleep(0.01)  # the siblings complete first
+            await asyncio.wait([reserve, charge])  # the siblings complete first
             return await ctx.step("ship", no_courier)
 
-        return await asyncio.gather(
-            ctx.step("reserve", lambda: "r-1", compensate=release),
-            ctx.step("charge", lambda: "c-1", compensate=refund),
-            ship(),
-        )
+        return await asyncio.gather(reserve, charge, ship())
 
     async with make_env(fan_out, release, refund) as env:
         done = await env.execute(fan_out)
@@ -230,13 +229,14 @@ async def test_kv_entries_are_the_tenants_own(make_env) -> None:
 async def test_a_failure_in_a_task_group_undoes_the_tasks_that_completed(make_env) -> None:
     @workflow(name="task-group-saga", steps=["reserve", "charge", "ship"])
     async def grouped(ctx: WorkflowContext) -> str:
-        async def ship() -> str:
-            await asyncio.sleep(0.01)
-            return await ctx.step("ship", no_courier)
-
         async with asyncio.TaskGroup() as group:
-            group.create_task(ctx.step("reserve", lambda: "r-1", compensate=release))
-            group.create_task(ctx.step("charge", lambda: "c-1", compensate=refund))
+            reserve = group.create_task(ctx.step("reserve", lambda: "r-1", compensate=release))
+            charge = group.create_task(ctx.step("charge", lambda: "c-1", compensate=refund))
+
+            async def ship() -> str:
+                await asyncio.wait([reserve, charge])  # the other tasks complete first
+                return await ctx.step("ship", no_courier)
+
             group.create_task(ship())
         return "shipped"
 

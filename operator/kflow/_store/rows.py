@@ -97,7 +97,8 @@ SELECT r.*,
                 LIMIT $2) t) AS last_steps,
        (SELECT coalesce(json_agg(json_build_object(
                    'id', e.id, 'name', e.name, 'consumed_by', e.consumed_by,
-                   'rejected', e.rejected, 'consumed_at', e.consumed_at) ORDER BY e.id), '[]')
+                   'rejected', e.rejected, 'consumed_at', e.consumed_at,
+                   'received_at', e.received_at) ORDER BY e.id), '[]')
           FROM events e WHERE e.run_id = r.run_id) AS inbox
 FROM runs r WHERE r.run_id = $1
 """
