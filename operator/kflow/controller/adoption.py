@@ -26,6 +26,7 @@ from typing import Any
 
 from kflow._errors import ApiError, InvalidInput, RunConflict, TransientError
 from kflow._models import RunRecord, RunStatus
+from kflow.controller.annotations import RETRY
 from kflow.controller.bodies import Invalid, spec_edits
 from kflow.controller.control import RunControl
 from kflow.controller.kube import KubeApi
@@ -184,6 +185,45 @@ class Adoption:
         record.ref, record.refused = ref, False
         await self._attempt(record, spec, None, resumed=False)
         return True
+
+    async def spec_seen(self, ref: RunRef, spec: WorkflowRunSpec | Invalid) -> None:
+        """A watch event of an adopted run: if its spec was edited since it was last seen
+        (its generation), the run does not change; the edit is reported."""
+        record = self._c.record(ref.run_id)
+        if record is None or not record.adopted or ref.generation == record.ref.generation:
+            return
+        before, record.ref = record.ref, ref  # its status observes this generation
+        self._c.mirror.touch(ref.run_id)
+        if isinstance(spec, Invalid):  # the API server's schema lets little through
+            await self._c.warn(ref, "InvalidSpec", f"the edited spec is invalid, and ignored: "
+                            f"{spec.message}")  # fmt: skip
+            return
+        try:
+            run = await self._c.engine.get_run(ref.run_id)
+        except TransientError as exc:
+            log.warning("cannot compare %s/%s with its run yet: %s", ref.namespace, ref.name, exc)
+            record.ref = before  # the next watch event looks again
+            return
+        await self.check_spec(record, spec, run)
+
+    async def retry_annotation(
+        self, ref: RunRef, spec: WorkflowRunSpec | Invalid, annotations: dict[str, str]
+    ) -> None:
+        """``kflow.io/retry`` on a refused WorkflowRun re-validates its spec as it is now
+        (`retry_refused`); the other annotations wait
+        for the run, as they would on a new object."""
+        value = annotations.get(RETRY)
+        if value is None or not await self.retry_refused(ref, spec):
+            return
+        removed = await self._kube.remove_annotation(ref.namespace, ref.name, RETRY, value)
+        annotations.pop(RETRY)
+        record = self._c.record(ref.run_id)
+        if not removed or record is None or record.refused:
+            return  # refused again: its Warning (InvalidInput, InvalidSpec) answers
+        message = "the spec is valid now; the run starts" if record.adopted else (
+            "the spec is being validated again (the store did not answer; trying again)"
+        )  # fmt: skip
+        await self._c.event(ref, "Normal", "Retried", f"retry: {message}")
 
     async def _refuse(self, record: TrackedRun, reason: str, message: str) -> None:
         """Report a WorkflowRun that cannot be run, instead of running it (once)."""

@@ -3,7 +3,8 @@
 Handlers parse bodies and call one method here. The controller keeps one record per
 WorkflowRun (`kflow.controller.runs.TrackedRun`), binds each to a run (its id is the
 object's uid, so creation is idempotent: `kflow.controller.adoption`), hands each segment
-to the executor its `Workflow` resource chooses (inline, or a Pod per segment), parks
+to the executor its `Workflow` resource chooses (`kflow.controller.workflows`: inline, or
+a Pod per segment), parks
 sleeping runs in the timer wheel, delivers annotation events and actions
 (`kflow.controller.delivery`), mirrors status (also from runners' progress
 notifications), deletes finished WorkflowRuns whose TTL passed, and posts Kubernetes
@@ -22,10 +23,9 @@ from datetime import timedelta
 from kflow._clock import Clock
 from kflow._engine import Engine
 from kflow._errors import RunNotFound, TransientError
-from kflow._models import DefinitionConflict, RunRecord, RunStatus, SegmentOutcome, StepState
+from kflow._models import RunRecord, RunStatus, SegmentOutcome, StepState
 from kflow.controller.adoption import Adoption
-from kflow.controller.annotations import RETRY
-from kflow.controller.bodies import Invalid, WorkflowObject, workflow_object
+from kflow.controller.bodies import Invalid
 from kflow.controller.catalog import Catalog
 from kflow.controller.delivery import AnnotationDelivery, rejected_event_text
 from kflow.controller.expiry import Expiry
@@ -34,10 +34,10 @@ from kflow.controller.kube import KubeApi
 from kflow.controller.metrics import Metrics
 from kflow.controller.mirror import StatusMirror
 from kflow.controller.pod_executor import PodExecutor
-from kflow.controller.pod_states import PodState
 from kflow.controller.runs import RunRef, TrackedRun
 from kflow.controller.tasks import Background
 from kflow.controller.timers import TimerWheel
+from kflow.controller.workflows import WorkflowObjects
 from kflow.resources import ExecutorView, WorkflowRunSpec, WorkflowRunStatus
 from kflow.settings import OperatorSettings
 
@@ -77,6 +77,10 @@ class Controller:
         self.timers = TimerWheel(clock, fire=self.submit)
         self.timers.lateness = self.metrics.timer_lateness.observe
         self.catalog = Catalog(settings.default_executor)
+        self.workflows = WorkflowObjects(
+            catalog=self.catalog, kube=kube, metrics=self.metrics, namespaces=settings.namespaces,
+            runs=self._runs, submit=self.submit,
+        )  # fmt: skip
         self.inline = InlineExecutor(
             engine, runs=self._runs, concurrency=settings.concurrency,
             on_outcome=self._outcome, retry_at=self.timers.schedule,
@@ -102,7 +106,8 @@ class Controller:
         self._delivery = AnnotationDelivery(
             self, kube=kube, max_event_bytes=settings.max_event_bytes
         )
-        self._adoption = Adoption(self, kube=kube, redeliver=self._delivery.retry)
+        self.adoption = Adoption(self, kube=kube, redeliver=self._delivery.retry)
+        """Adoption, a spec edited under a run, a refused WorkflowRun's retry."""
         engine.subscribe(self.recorded)  # one way: the engine never knows the controller
 
     async def run(self) -> None:
@@ -240,56 +245,6 @@ class Controller:
         record = self._runs.get(run_id)
         self.metrics.step_recorded(record.workflow if record else "", step)
 
-    # -- Workflow resources ------------------------------------------------------------
-
-    async def load_workflows(self) -> None:
-        """Read the `Workflow` objects before any run is adopted: a run must not start
-        inline for want of the object that sends it to a Pod."""
-        for body in await self._kube.list_workflows(self._settings.namespaces):
-            self.workflow_seen(workflow_object(body))
-
-    def workflow_seen(self, seen: WorkflowObject) -> None:
-        """A `Workflow` resource was created or changed. Runs that were blocked for want
-        of it, or of its code, are tried again."""
-        if isinstance(seen.spec, Invalid):
-            log.error("ignoring Workflow %s/%s: %s", seen.namespace, seen.name, seen.spec.message)
-            self.catalog.remove(seen.uid)
-            return
-        self.catalog.put(seen.uid, seen.namespace, seen.spec, name=seen.name)
-        for record in list(self._runs.values()):
-            if record.phase is None or record.ref.namespace != seen.namespace:
-                continue
-            if record.workflow != seen.spec.workflow:
-                continue
-            if record.phase.is_blocked or (
-                record.phase == RunStatus.COMPENSATING and record.pod.state is PodState.IDLE
-            ):
-                self.submit(record.run_id)
-
-    async def definition_conflicts(self, conflicts: list[DefinitionConflict]) -> None:
-        """Report the workflow versions PostgreSQL records with another signature than
-        this code's (`Engine.register_definitions`; their runs block): an ERROR log line,
-        the ``kflow_definition_conflicts`` gauge, and a Warning Event on each `Workflow`
-        object of that name and version (read by `load_workflows`)."""
-        for conflict in conflicts:
-            log.error("definition conflict: %s (recorded %s, code %s)",
-                      conflict.message, conflict.stored, conflict.code)  # fmt: skip
-            labels = (conflict.name, str(conflict.version))
-            self.metrics.definition_conflicts.labels(*labels).set(1)
-            message = f"{conflict.message} (recorded {conflict.stored}, code {conflict.code})"
-            for uid, namespace, name in self.catalog.objects(conflict.name, conflict.version):
-                try:
-                    await self._kube.post_event(
-                        namespace=namespace, name=name, uid=uid, type="Warning",
-                        reason="DefinitionConflict", message=message, kind="Workflow",
-                    )  # fmt: skip
-                except Exception as exc:  # an Event is a courtesy, as on runs
-                    log.warning("could not post DefinitionConflict on %s/%s: %s",
-                                namespace, name, exc)  # fmt: skip
-
-    def workflow_deleted(self, uid: str) -> None:
-        self.catalog.remove(uid)
-
     # -- WorkflowRun lifecycle -----------------------------------------------------
 
     async def adopt(
@@ -300,45 +255,7 @@ class Controller:
         run exists and is moving, or report why it cannot (`kflow.controller.adoption`).
         ``resumed``: a previous operator may have died mid-run; ``status`` is the
         object's (a previous operator wrote it)."""
-        await self._adoption.adopt(ref, spec, status=status, resumed=resumed)
-
-    async def spec_seen(self, ref: RunRef, spec: WorkflowRunSpec | Invalid) -> None:
-        """A watch event of an adopted run: if its spec was edited since it was last seen
-        (its generation), the run does not change; the edit is reported."""
-        record = self._tracked(ref.run_id)
-        if record is None or ref.generation == record.ref.generation:
-            return
-        before, record.ref = record.ref, ref  # its status observes this generation
-        self.mirror.touch(ref.run_id)
-        if isinstance(spec, Invalid):  # the API server's schema lets little through
-            await self.warn(ref, "InvalidSpec", f"the edited spec is invalid, and ignored: "
-                            f"{spec.message}")  # fmt: skip
-            return
-        try:
-            run = await self.engine.get_run(ref.run_id)
-        except TransientError as exc:
-            log.warning("cannot compare %s/%s with its run yet: %s", ref.namespace, ref.name, exc)
-            record.ref = before  # the next watch event looks again
-            return
-        await self._adoption.check_spec(record, spec, run)
-
-    async def retry_refused(
-        self, ref: RunRef, spec: WorkflowRunSpec | Invalid, annotations: dict[str, str]
-    ) -> None:
-        """``kflow.io/retry`` on a refused WorkflowRun re-validates its spec as it is now
-        (`kflow.controller.adoption.Adoption.retry_refused`); the other annotations wait
-        for the run, as they would on a new object."""
-        value = annotations.get(RETRY)
-        if value is None or not await self._adoption.retry_refused(ref, spec):
-            return
-        removed = await self._kube.remove_annotation(ref.namespace, ref.name, RETRY, value)
-        annotations.pop(RETRY)
-        if not removed or self.refused(ref):
-            return  # refused again: its Warning (InvalidInput, InvalidSpec) answers
-        message = "the spec is valid now; the run starts" if self.adopted(ref) else (
-            "the spec is being validated again (the store did not answer; trying again)"
-        )  # fmt: skip
-        await self.event(ref, "Normal", "Retried", f"retry: {message}")
+        await self.adoption.adopt(ref, spec, status=status, resumed=resumed)
 
     async def begin(
         self, record: TrackedRun, run: RunRecord, spec: WorkflowRunSpec,

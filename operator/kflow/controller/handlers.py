@@ -66,10 +66,10 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
                 ref, run_spec(body), status=run_status(body), resumed=event["type"] is None
             )
         elif controller.adopted(ref):
-            await controller.spec_seen(ref, run_spec(body))  # edited since? (generation)
+            await controller.adoption.spec_seen(ref, run_spec(body))  # edited since? (generation)
         ours = kflow_annotations(body)
         if ours and controller.refused(ref):
-            await controller.retry_refused(ref, run_spec(body), ours)
+            await controller.adoption.retry_annotation(ref, run_spec(body), ours)
         if ours and controller.adopted(ref):
             await controller.annotations(ref, ours)
 
@@ -93,9 +93,9 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
     async def workflow(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
         if event["type"] == "DELETED":
-            controller.workflow_deleted(event["object"]["metadata"]["uid"])
+            controller.workflows.deleted(event["object"]["metadata"]["uid"])
         else:
-            controller.workflow_seen(workflow_object(event["object"]))
+            controller.workflows.seen(workflow_object(event["object"]))
 
     @kopf.on.event("v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     async def pod(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:

@@ -48,8 +48,8 @@ async def run_operator(
     # The controller subscribes to the engine's records: wiring goes one way.
     controller = Controller(engine=engine, kube=kube, settings=settings, clock=clock)
     conflicts = await engine.register_definitions()  # not overwritten: reported
-    await controller.load_workflows()
-    await controller.definition_conflicts(conflicts)
+    await controller.workflows.load()
+    await controller.workflows.report_conflicts(conflicts)
     if settings.metrics_port:
         controller.metrics.serve(settings.metrics_port)
     log.info(
