@@ -12,17 +12,15 @@ from typing import Any
 from kflow._errors import RunConflict
 from kflow._models import RunRecord
 
-__all__ = ["conflict", "differs"]
+__all__ = ["conflict"]
 
 
-def differs(run: RunRecord, workflow: str, version: int | None, encoded: Any) -> bool:
-    """Whether a start asked for something else than the run that has its id or key
-    (a version left to the registry matches whatever version the run was bound to)."""
-    other_version = version is not None and run.workflow_version not in (None, version)
-    return run.workflow_name != workflow or other_version or run.input != encoded
-
-
-def conflict(run: RunRecord, workflow: str, version: int | None, encoded: Any) -> RunConflict:
+def conflict(
+    run: RunRecord, workflow: str, version: int | None, encoded: Any
+) -> RunConflict | None:
+    """The conflict of a start with the run that has its id or key, or None when it asks
+    for that very run (a version left to the registry matches whatever version the run
+    was bound to)."""
     differ = [
         what
         for what, same in (
@@ -32,6 +30,8 @@ def conflict(run: RunRecord, workflow: str, version: int | None, encoded: Any) -
         )
         if not same
     ]
+    if not differ:
+        return None
     key = f" (idempotency key {run.idempotency_key!r})" if run.idempotency_key else ""
     return RunConflict(
         f"run {run.run_id}{key} exists with another {' and '.join(differ)} (workflow "

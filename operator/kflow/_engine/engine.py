@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from kflow._clock import Clock, SystemClock
-from kflow._engine.conflicts import conflict, differs
+from kflow._engine.conflicts import conflict
 from kflow._engine.leases import hold_lease
 from kflow._engine.segment import CANCELLED, UNDONE, Segments, decode_input, segment_outcome
 from kflow._engine.services import Services
@@ -173,8 +173,9 @@ class Engine:
             except InvalidInput:
                 # An existing run's input was valid: this is another request for its id.
                 existing = await self.store.find_run(run_id, idempotency_key)
-                if existing is not None:
-                    raise conflict(existing, name, asked, encoded) from None
+                refused = None if existing is None else conflict(existing, name, asked, encoded)
+                if refused is not None:
+                    raise refused from None
                 raise
             version = definition.version
             timeout = timeout or definition.timeout
@@ -191,8 +192,9 @@ class Engine:
             idempotency_key=idempotency_key,
             now=self.clock.now(),
         )
-        if not created and differs(record, name, asked, encoded):
-            raise conflict(record, name, asked, encoded)
+        refused = None if created else conflict(record, name, asked, encoded)
+        if refused is not None:
+            raise refused
         return record
 
     def check_input(self, workflow: str, input: Any, *, version: int | None = None) -> None:
