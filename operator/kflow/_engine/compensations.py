@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from kflow._models import StepKind, StepState, StepStatus
 from kflow._serde import decode, encode
 from kflow._workflow import CompensationCall, CompensationDefinition, type_hints
 
-__all__ = ["Compensations", "LOST_CLOSURE"]
+__all__ = ["LOST_CLOSURE", "Compensations", "compensable", "outstanding"]
 
 LOST_CLOSURE = (
     "its compensation was an in-process closure, lost when the process that registered "
@@ -112,17 +112,7 @@ class Compensations:
         return _as_coroutine(functools.partial(definition.fn, self._ctx, *typed))
 
     def _compensable(self) -> list[StepState]:
-        done = [
-            s
-            for s in self._steps.values()
-            if s.kind == StepKind.STEP and s.seq and s.compensation is not None
-        ]
-        return sorted(done, key=lambda s: s.seq or 0, reverse=True)
-
-    def outstanding(self) -> bool:
-        """Whether a completed step has a compensation that has not run (or failed)."""
-        undoable = (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)
-        return any(s.status in undoable for s in self._compensable())
+        return compensable(self._steps.values())
 
     def handlers(self) -> dict[str, Compensate]:
         found = {s.key: self.handler(s.key) for s in self._compensable()}
@@ -132,7 +122,7 @@ class Compensations:
         """Compensate in reverse completion order; each outcome is recorded before the next."""
         outcomes = []
         for state in self._compensable():
-            if state.status not in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED):
+            if state.status not in _UNDOABLE:
                 continue
             error: str | None = None
             try:
@@ -157,6 +147,21 @@ class Compensations:
             await self._journal.write(replace(state, status=status, error=error))
             outcomes.append((state.key, error is None))
         return outcomes
+
+
+_UNDOABLE = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED})
+"""A compensable step in these states has its compensation still to run."""
+
+
+def compensable(records: Iterable[StepState]) -> list[StepState]:
+    """The completed steps that have a compensation, most recently completed first."""
+    done = [s for s in records if s.kind == StepKind.STEP and s.seq and s.compensation is not None]
+    return sorted(done, key=lambda s: s.seq or 0, reverse=True)
+
+
+def outstanding(records: Iterable[StepState]) -> bool:
+    """Whether a completed step has a compensation that has not run (or that failed)."""
+    return any(s.status in _UNDOABLE for s in compensable(records))
 
 
 def _as_coroutine(fn: Callable[[], Any]) -> Compensate:

@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from kflow._clock import Clock, SystemClock
+from kflow._engine.compensations import outstanding
 from kflow._engine.conflicts import conflict
 from kflow._engine.leases import hold_lease
 from kflow._engine.segment import CANCELLED, UNDONE, Segments, decode_input, segment_outcome
@@ -38,9 +39,7 @@ from kflow._models import (
     RunRecord,
     RunStatus,
     SegmentOutcome,
-    StepKind,
     StepState,
-    StepStatus,
     SuspendKind,
     SuspendReason,
 )
@@ -254,7 +253,7 @@ class Engine:
         is Compensating already keeps the reason it was first cancelled (or failed) for;
         another finished run is reported as it is."""
         async with self._lease(run_id, steal=True, segment=False) as run:
-            if run.status == RunStatus.FAILED and await self._undoable(run):
+            if run.status == RunStatus.FAILED and outstanding(await self.history(run_id)):
                 run.error = f"{CANCELLED}{reason} (after it failed: {run.error})"
             elif run.status.is_terminal:
                 return await self._unchanged(run)
@@ -271,15 +270,6 @@ class Engine:
                 run, RunStatus.COMPENSATING, error=run.error, completed_at=None
             )
             return segment_outcome(run.run_id, RunStatus.COMPENSATING, ready_at=self.clock.now())
-
-    async def _undoable(self, run: RunRecord) -> bool:
-        """Whether a completed step of the run has a compensation still to run."""
-        history, _ = await self.store.load_history(run.run_id)
-        undoable = (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)
-        return any(
-            s.kind == StepKind.STEP and s.compensation is not None and s.status in undoable
-            for s in history
-        )
 
     async def fail(self, run_id: uuid.UUID, error: str, *, blocked: bool = False) -> SegmentOutcome:
         """Mark an unfinished run Failed with ``error``: its executor gave up on it (e.g. its

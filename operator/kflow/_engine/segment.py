@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kflow._clock import Clock
+from kflow._engine.compensations import outstanding
 from kflow._engine.context import WorkflowContext
 from kflow._engine.journal import CodeMismatch, Journal, SegmentEnded, Suspended
 from kflow._engine.services import Services
@@ -186,8 +187,7 @@ class Segments:
                 run.run_id, RunStatus.WAITING, ready_at=ready_at, waiting_event=reason.event
             )
         if error is not None:
-            undo = self._journal(run, definition, list(journal.records.values()), journal.saved)
-            if definition.compensate_on_failure and undo.outstanding():
+            if definition.compensate_on_failure and outstanding(journal.records.values()):
                 # A saga undoes itself: the run is Compensating (durably: a crash resumes
                 # the undoing) until its completed steps' compensations have run.
                 run.error = f"{UNDONE}{error}"
@@ -195,13 +195,14 @@ class Segments:
                     run.run_id, run.lease_epoch, now=now, status=RunStatus.COMPENSATING,
                     error=run.error,
                 )  # fmt: skip
-                return await self._undo(run, undo)
+                history = list(journal.records.values())
+                return await self._undo(run, self._undoing(run, definition, history, journal.saved))
             await self.finish(run, RunStatus.FAILED, error=error, completed_at=now)
             return segment_outcome(run.run_id, RunStatus.FAILED, error=error)
         await self.finish(run, RunStatus.COMPLETED, output=output, error=None, completed_at=now)
         return segment_outcome(run.run_id, RunStatus.COMPLETED, output=output)
 
-    def _journal(
+    def _undoing(
         self, run: RunRecord, definition: WorkflowDefinition | None, history: list[StepState],
         saved: dict[str, Any],
     ) -> _Undoing:  # fmt: skip
@@ -217,7 +218,7 @@ class Segments:
         if run.workflow_version is not None:
             definition = self.registry.get(run.workflow_name, run.workflow_version)
         history, saved = await self.store.load_history(run.run_id)
-        return await self._undo(run, self._journal(run, definition, history, saved))
+        return await self._undo(run, self._undoing(run, definition, history, saved))
 
     async def _undo(self, run: RunRecord, undoing: _Undoing) -> SegmentOutcome:
         journal, ctx = undoing.journal, undoing.ctx
@@ -282,6 +283,3 @@ class _Undoing:
 
     journal: Journal
     ctx: WorkflowContext
-
-    def outstanding(self) -> bool:
-        return self.ctx.compensations.outstanding()
