@@ -266,8 +266,7 @@ class WorkflowContext(EnvAccess):
 
     async def save_state(self, key: str, value: Any) -> None:
         """Persist ``value`` under ``key`` for this run (before returning)."""
-        self._journal.guard(new_work=True)  # before encoding: a stray call says why first
-        await self._journal.save_state(key, encode(value))
+        await self._journal.save_state(key, value)
 
     def load_state(self, key: str, type: Any = None) -> Any:
         """The value saved under ``key`` (as ``type`` if given), or None."""

@@ -22,6 +22,7 @@ from kflow._engine.scopes import Scopes
 from kflow._engine.services import Services
 from kflow._errors import PersistenceError, UndeclaredNameError, WorkflowTimeout
 from kflow._models import RunRecord, StepState, SuspendReason
+from kflow._serde import encode
 from kflow._workflow import WorkflowDefinition
 
 __all__ = ["CodeMismatch", "Journal", "SegmentEnded", "Suspended", "base_name"]
@@ -163,8 +164,11 @@ class Journal:
         for listener in self.services.listeners:
             listener(self.run_id, record)
 
-    async def save_state(self, key: str, encoded: Any) -> None:
+    async def save_state(self, key: str, value: Any) -> None:
+        """Store ``value`` as saved state (refused first if the segment cannot go on, so a
+        stray call says why before its value is judged)."""
         self.guard(new_work=True)
+        encoded = encode(value)
         store = self.services.store
         await self.store_call(store.save_state(self.run_id, self.run.lease_epoch, key, encoded))
         self.saved[key] = encoded
@@ -177,10 +181,17 @@ class Journal:
         self._scopes.mark_suspended()
         return Suspended(reason)
 
-    def mismatch(self, message: str) -> CodeMismatch:
-        """The replay found history this code cannot read: the segment blocks the run
-        with ``message`` (which names the record and what to do); raise the result."""
-        self._mismatch = self._mismatch or message
+    def mismatch(self, record: str, problem: str) -> CodeMismatch:
+        """The replay found ``record`` (``step 'charge'``) in the history, which this code
+        cannot read for ``problem``: the segment blocks the run with a message that says
+        what to do; raise the result."""
+        run = self.run
+        self._mismatch = self._mismatch or (
+            f"{record}: {problem}: the code of workflow {run.workflow_name!r} "
+            f"v{run.workflow_version} changed under this run. Deploy the code the run "
+            "started with (or give the new code a new version, for new runs), then retry "
+            f"the run; the {record.split(' ', 1)[0]} does not run again"
+        )
         return CodeMismatch(self._mismatch)
 
     @property

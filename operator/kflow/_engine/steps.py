@@ -77,7 +77,11 @@ class Steps:
             try:
                 result = decode(found.result, rtype)
             except ValidationError as exc:
-                raise j.mismatch(_misfit(j, skey, rtype, exc)) from exc
+                raise j.mismatch(
+                    f"step {skey!r}",
+                    f"its recorded result no longer fits its declared type {type_name(rtype)} "
+                    f"({describe_validation_error(exc)})",
+                ) from exc
             self._compensations.keep(skey, compensate, result)
             return result
         if found is not None and found.status == StepStatus.FAILED:
@@ -154,17 +158,6 @@ class Steps:
             raise j.suspending(SuspendReason(SuspendKind.RETRY, state.key, state.wake_at))
         await j.services.clock.sleep(delay.total_seconds())
         j.guard(new_work=True)
-
-
-def _misfit(journal: Journal, key: str, rtype: Any, exc: ValidationError) -> str:
-    run = journal.run
-    return (
-        f"step {key!r}: its recorded result no longer fits its declared type "
-        f"{type_name(rtype)} ({describe_validation_error(exc)}): the code of workflow "
-        f"{run.workflow_name!r} v{run.workflow_version} changed under this run. Deploy the "
-        "code the run started with (or give the new code a new version, for new runs), "
-        "then retry the run; the step does not run again"
-    )
 
 
 def _replayed_failure(key: str, error: str | None) -> StepFailed:

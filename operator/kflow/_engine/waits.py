@@ -130,13 +130,7 @@ class Waits:
             try:
                 return _parse_event(name, state.result, type)
             except EventPayloadError as exc:  # it fitted when it was taken: the code changed
-                run = j.run
-                raise j.mismatch(
-                    f"wait {key!r}: {exc} (it fitted when the run took it: the code of "
-                    f"workflow {run.workflow_name!r} v{run.workflow_version} changed under "
-                    "this run). Deploy the code the run started with (or give the new code "
-                    "a new version, for new runs), then retry the run"
-                ) from exc
+                raise j.mismatch(f"wait {key!r}", f"{exc} (it fitted when it was taken)") from exc
         if state is not None and state.status == StepStatus.FAILED:
             j.reach(state.completed_at)
             raise EventTimeout(state.error or f"event {name!r} timed out")
