@@ -41,16 +41,14 @@ def rejection(name: str, reason: str) -> str:
 
 
 def _received(e: dict[str, Any]) -> datetime | None:
-    """When an inbox event was received (its ``received_at``; until the store's snapshot
-    gives that, when a wait took or refused it)."""
-    at = e.get("received_at") or e.get("consumed_at")
+    """When an inbox event was received (the store's snapshot gives ``received_at``)."""
+    at = e.get("received_at")
     return datetime.fromisoformat(at) if isinstance(at, str) else at
 
 
 def _events(inbox: list[dict[str, Any]], refused: list[EventDelivery]) -> list[EventDelivery]:
-    """The inbox's events and those refused before they reached it, in time order (the
-    inbox's own order kept; an event with no time yet, a pending one, last), the last
-    `MAX_EVENTS`."""
+    """The inbox's events and those refused before they reached it, in time order (ties
+    in the inbox's own order; an event without a time last), the last `MAX_EVENTS`."""
     stored = [
         EventDelivery.model_validate(
             {
