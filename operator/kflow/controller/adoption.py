@@ -186,14 +186,18 @@ class Adoption:
         await self._attempt(record, spec, None, resumed=False)
         return True
 
-    async def spec_seen(self, ref: RunRef, spec: WorkflowRunSpec | Invalid) -> None:
+    async def spec_seen(
+        self, ref: RunRef, read_spec: Callable[[], WorkflowRunSpec | Invalid]
+    ) -> None:
         """A watch event of an adopted run: if its spec was edited since it was last seen
-        (its generation), the run does not change; the edit is reported."""
+        (its generation), the run does not change; the edit is reported. The spec is read
+        (``read_spec``) only then: most events are the operator's own status writes."""
         record = self._c.record(ref.run_id)
         if record is None or not record.adopted or ref.generation == record.ref.generation:
             return
         before, record.ref = record.ref, ref  # its status observes this generation
         self._c.mirror.touch(ref.run_id)
+        spec = read_spec()
         if isinstance(spec, Invalid):  # the API server's schema lets little through
             await self._c.warn(ref, "InvalidSpec", f"the edited spec is invalid, and ignored: "
                             f"{spec.message}")  # fmt: skip

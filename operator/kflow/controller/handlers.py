@@ -66,7 +66,8 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
                 ref, run_spec(body), status=run_status(body), resumed=event["type"] is None
             )
         elif controller.adopted(ref):
-            await controller.adoption.spec_seen(ref, run_spec(body))  # edited since? (generation)
+            # Edited since? (generation: the spec is parsed only then)
+            await controller.adoption.spec_seen(ref, lambda: run_spec(body))
         ours = kflow_annotations(body)
         if ours and controller.refused(ref):
             await controller.adoption.retry_annotation(ref, run_spec(body), ours)
