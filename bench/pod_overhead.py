@@ -317,7 +317,7 @@ def report(results: dict[str, list[dict[str, float]]], costs: dict[str, float]) 
 
 async def prepare(api: Api, ns: str, dsn: str) -> None:
     """The namespace (once its service account can be used), the DSN Secret and the
-    `Workflow` resource that sends ``bench-one-pod`` to Pods."""
+    `WorkflowDefinition` resource that sends ``bench-one-pod`` to Pods."""
     await api.create_namespace(ns)
     deadline = time.monotonic() + 60
     # On 1.20 the ServiceAccount admission plugin refuses Pods until the tokens controller
@@ -340,7 +340,9 @@ async def prepare(api: Api, ns: str, dsn: str) -> None:
         command=[sys.executable, "-m", "kflow.cli"],
         env=[{"name": "PYTHONPATH", "value": str(ROOT)}],
     )
-    await api.request("POST", f"/apis/kflow.io/v1alpha1/namespaces/{ns}/workflows", manifest)
+    await api.request(
+        "POST", f"/apis/kflow.io/v1alpha1/namespaces/{ns}/workflowdefinitions", manifest
+    )
 
 
 def operator(cluster: LocalCluster, ns: str, dsn: str, log: Path) -> Process:

@@ -1,7 +1,7 @@
 """Workflows of ``bench/pod_overhead.py``: one no-op step each, under two names.
 
 The two are the same handler body, so the only difference between them is where the
-operator runs their segments: ``bench-one-pod`` is declared by a `Workflow` resource with
+operator runs their segments: ``bench-one-pod`` is declared by a `WorkflowDefinition` resource with
 ``executor: pod`` (a segment Pod runs ``kflow runner``, importing this module), while
 ``bench-one-inline`` is declared by none and so runs inline, the operator's default.
 ``bench/workflows.py`` has no 1-step workflow without a wait, hence this module.

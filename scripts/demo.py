@@ -10,7 +10,7 @@ then:
 2. delivers the event with ``kubectl annotate``; the order ships (Completed);
 3. applies a second order and cancels it with ``kubectl kflow cancel``; its stock is
    released by the durable compensation (Compensated);
-4. runs the expense approval with the pod executor: a ``Workflow`` resource (from
+4. runs the expense approval with the pod executor: a ``WorkflowDefinition`` resource (from
    ``kubectl kflow manifest``) sends its segments to Pods, one per segment, which the
    node stand-in runs; ``kubectl kflow event`` delivers the decision.
 
@@ -154,7 +154,7 @@ def run_in_pods() -> int:
     )
     subprocess.run(["kubectl", "apply", "-f", "-"], input=with_code, text=True, env=ENV,
                    check=True, capture_output=True)  # fmt: skip
-    sh("kubectl", "get", "workflows")
+    sh("kubectl", "get", "workflowdefinitions")
     time.sleep(1)  # the operator reads the Workflow from its watch
     sh("kubectl", "apply", "-f", str(ROOT / "examples/expense_approval/run.yaml"))
     wait_phase("expense-7", "Waiting")

@@ -1,7 +1,7 @@
 """Environment access for handlers over a pluggable `EnvProvider`.
 
 Handlers read configuration through ``ctx.env*`` rather than ``os.environ`` so that tests
-(and the operator, which may inject a Workflow's env) can supply their own values.
+(and the operator, which may inject a WorkflowDefinition's env) can supply their own values.
 Environment values are configuration, not data: they are not recorded, so a replay sees
 the environment of the process doing the replay.
 """

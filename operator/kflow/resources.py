@@ -1,6 +1,6 @@
 """The Kubernetes resources, as pydantic models, and the CRDs generated from them.
 
-`Workflow` (short ``wf``) declares a workflow version; `WorkflowRun` (short ``wfr``)
+`WorkflowDefinition` (short ``wfdef``) declares a workflow version; `WorkflowRun` (short ``wfr``)
 asks for a run of one. These models are the single source of truth: ``crds/*.yaml`` is
 generated from them (``make crds``: into ``crds/`` and the Helm chart's
 ``helm/kflow/files/crds/``, checked by a drift test), and
@@ -34,7 +34,7 @@ __all__ = [
     "Waiting",
     "WorkflowRunSpec",
     "WorkflowRunStatus",
-    "WorkflowSpec",
+    "WorkflowDefinitionSpec",
     "crd_manifests",
 ]
 
@@ -176,7 +176,7 @@ class PodTemplate(_Model):
     tolerations: list[JSON] = Field(default_factory=list)
 
 
-class WorkflowSpec(_Model):
+class WorkflowDefinitionSpec(_Model):
     """A workflow version, as deployed code declares it (``kubectl kflow manifest``)."""
 
     workflow: Name
@@ -248,7 +248,7 @@ def _crd(
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": [short],
-                "categories": ["kflow", "all"] if kind == "WorkflowRun" else ["kflow"],
+                "categories": ["kflow"],  # not "all": `kubectl get all` lists no runs
             },
             "versions": [
                 {
@@ -274,14 +274,14 @@ def _crd(
 
 
 def crd_manifests() -> list[dict[str, Any]]:
-    """The CRDs of `Workflow` and `WorkflowRun`, as the API server takes them."""
+    """The CRDs of `WorkflowDefinition` and `WorkflowRun`, as the API server takes them."""
     run_status = _model_schema(WorkflowRunStatus)
     return [
         _crd(
-            kind="Workflow",
-            plural="workflows",
-            short="wf",
-            spec=WorkflowSpec,
+            kind="WorkflowDefinition",
+            plural="workflowdefinitions",
+            short="wfdef",
+            spec=WorkflowDefinitionSpec,
             status={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
             columns=[
                 {"name": "Workflow", "type": "string", "jsonPath": ".spec.workflow"},

@@ -79,7 +79,7 @@ class OperatorSettings(StoreSettings):
     """Segments the inline executor runs at once."""
 
     default_executor: Literal["inline", "pod"] = "inline"
-    """Executor for Workflows that do not choose one (``spec.executor``): ``inline`` runs
+    """Executor for WorkflowDefinitions that do not choose one (``spec.executor``): ``inline`` runs
     segments in the operator, ``pod`` in a Pod per segment (needs `runner_dsn_secret`)."""
 
     runner_dsn_secret: str | None = None

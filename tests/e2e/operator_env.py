@@ -113,7 +113,7 @@ class Operator:
 @pytest.fixture(scope="session")
 def crds(harness: Harness) -> None:
     harness.run("kubectl", "apply", "-f", CRDS)
-    for crd in ("workflows.kflow.io", "workflowruns.kflow.io"):
+    for crd in ("workflowdefinitions.kflow.io", "workflowruns.kflow.io"):
         harness.run("kubectl", "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
 
 

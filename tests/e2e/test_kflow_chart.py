@@ -18,7 +18,7 @@ from tests.e2e.operator_env import ROOT
 
 CHART = ROOT / "helm" / "kflow"
 RELEASE = "kflow"
-CRDS = ("workflows.kflow.io", "workflowruns.kflow.io")
+CRDS = ("workflowdefinitions.kflow.io", "workflowruns.kflow.io")
 
 
 def test_the_chart_lints_and_refuses_misspelt_values(harness: Harness) -> None:

@@ -443,7 +443,8 @@ def test_a_definition_conflict_is_reported_at_start(
     )  # fmt: skip
     manifest = tmp_path / "wf.json"
     manifest.write_text(json.dumps({
-        "apiVersion": "kflow.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "steps-v1"},
+        "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowDefinition",
+        "metadata": {"name": "steps-v1"},
         "spec": {"workflow": "steps", "version": 1, "signature": recorded, "executor": "inline"},
     }))  # fmt: skip
     harness.run("kubectl", "apply", "-n", namespace, "-f", manifest)

@@ -210,10 +210,10 @@ def test_manifest_applies_cleanly(harness: Harness, crds: None, namespace: str) 
     assert applied.returncode == 0, applied.stderr
     registry = Registry.from_modules(["tests.e2e.workflows"])
     assert sorted(applied.stdout.splitlines()) == sorted(
-        f"workflow.kflow.io/{d.name}-v{d.version} created" for d in registry.workflows()
+        f"workflowdefinition.kflow.io/{d.name}-v{d.version} created" for d in registry.workflows()
     )
     stored = json.loads(
-        harness.run("kubectl", "get", "wf", "approval-v1", "-n", namespace, "-o", "json").stdout
+        harness.run("kubectl", "get", "wfdef", "approval-v1", "-n", namespace, "-o", "json").stdout
     )
     approval = registry.get("approval", 1)
     assert approval is not None

@@ -1,6 +1,6 @@
 """The pod executor end to end: one Pod per segment, run by the node stand-in.
 
-The operator here has no workflow code (as in production): a `Workflow` resource sends
+The operator here has no workflow code (as in production): a `WorkflowDefinition` resource sends
 each run's segments to Pods running ``kflow runner`` from this checkout, which connect to
 PostgreSQL with the DSN from a Secret and report progress by NOTIFY.
 """
@@ -56,7 +56,7 @@ def pod_operator(
 
 
 def declare(runs: Runs, workflow: str, **template: Any) -> None:
-    """Apply the `Workflow` resource of ``workflow``, as ``kubectl kflow manifest`` makes
+    """Apply the `WorkflowDefinition` resource of ``workflow``, as ``kubectl kflow manifest`` makes
     it, with this checkout's Python (the node stand-in runs no images)."""
     d = WORKFLOWS.active(workflow)
     assert d is not None

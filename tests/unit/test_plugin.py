@@ -36,7 +36,7 @@ from kflow.plugin.render import (
     table,
     waiting_summary,
 )
-from kflow.resources import WorkflowSpec
+from kflow.resources import WorkflowDefinitionSpec
 
 NOW = datetime(2024, 5, 1, 10, 5, tzinfo=UTC)
 
@@ -368,7 +368,7 @@ def test_object_names_are_valid_kubernetes_names() -> None:
 def test_a_workflow_object_carries_the_code_contract() -> None:
     plain = workflow_object(nightly, ManifestOptions(module="tests.unit.test_plugin"))
     assert plain == {
-        "apiVersion": "kflow.io/v1alpha1", "kind": "Workflow",
+        "apiVersion": "kflow.io/v1alpha1", "kind": "WorkflowDefinition",
         "metadata": {"name": "nightly-v2"},
         "spec": {"workflow": "nightly", "version": 2, "signature": nightly.signature,
                  "steps": ["sweep"], "events": ["stop"], "active": True,
@@ -392,7 +392,7 @@ def test_manifest_prints_yaml_the_crd_model_accepts(capsys: pytest.CaptureFixtur
     assert main(["manifest", "tests.unit.test_plugin", "--image", "reg/jobs:1", "-n", "ops"]) == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [d["metadata"] for d in documents] == [{"name": "nightly-v2", "namespace": "ops"}]
-    WorkflowSpec.model_validate(documents[0]["spec"])
+    WorkflowDefinitionSpec.model_validate(documents[0]["spec"])
 
 
 def test_manifest_errors(

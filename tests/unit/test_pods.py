@@ -18,7 +18,7 @@ from kflow.controller.pod_manifest import (
     segment_pod,
 )
 from kflow.controller.runs import RunRef
-from kflow.resources import PodTemplate, WorkflowSpec
+from kflow.resources import PodTemplate, WorkflowDefinitionSpec
 
 REF = RunRef(namespace="shop", name="Order_42.Very-Long-" + "x" * 80, uid="0123abcd-ffff-4444")
 
@@ -119,8 +119,8 @@ def test_running_and_pending_pods_have_not_ended_and_say_why_they_wait() -> None
 
 
 def test_placement_follows_the_workflow_resource_of_the_runs_namespace() -> None:
-    def spec(version: int, **fields: object) -> WorkflowSpec:
-        return WorkflowSpec.model_validate(
+    def spec(version: int, **fields: object) -> WorkflowDefinitionSpec:
+        return WorkflowDefinitionSpec.model_validate(
             {"workflow": "orders", "version": version, "signature": "a" * 64, **fields}
         )
 

@@ -84,7 +84,7 @@ capabilities:
   resources: [workflowruns/status]
   verbs: [get, patch]
 - apiGroups: [kflow.io]
-  resources: [workflows]
+  resources: [workflowdefinitions]
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [pods]

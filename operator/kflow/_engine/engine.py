@@ -156,7 +156,7 @@ class Engine:
         """Create a run (idempotent by ``run_id`` or ``idempotency_key``); it does not run
         until an executor calls `run_segment`. Input is validated now when the workflow
         is known; otherwise the run binds (or blocks) on its first segment — to
-        ``version`` and ``signature`` when given (a `Workflow` resource declares them for
+        ``version`` and ``signature`` when given (a `WorkflowDefinition` resource declares them for
         code that runs elsewhere, in a Pod): code with another signature blocks it."""
         if isinstance(workflow, WorkflowDefinition):
             name, version = workflow.name, version or workflow.version
@@ -274,7 +274,7 @@ class Engine:
     async def fail(self, run_id: uuid.UUID, error: str, *, blocked: bool = False) -> SegmentOutcome:
         """Mark an unfinished run Failed with ``error``: its executor gave up on it (e.g. its
         segment Pods kept failing). ``blocked``: BlockedMissingHandler instead — nothing
-        can run its code yet (no `Workflow` resource says where). It keeps its steps;
+        can run its code yet (no `WorkflowDefinition` resource says where). It keeps its steps;
         `retry` resumes it, and a blocked run resumes when its code appears."""
         # Steal: the caller knows no segment runs (a dead one's lease may not have expired).
         async with self._lease(run_id, steal=True, segment=False) as run:

@@ -5,7 +5,7 @@
   ``controller``'s `Controller`;
 - the controller keeps one record per WorkflowRun (``runs.TrackedRun``); ``adoption``
   and ``delivery`` (annotations) work for it through a narrow interface (``control``);
-  ``workflows`` follows the `Workflow` objects (``catalog``: where runs execute);
+  ``workflows`` follows the `WorkflowDefinition` objects (``catalog``: where runs execute);
 - ``inline_executor`` runs segments in the operator, ``pod_executor`` in Pods (its state
   machine in ``pod_states``, where a Pod goes in ``pod_placement``, the manifests in
   ``pod_manifest``); ``mirror`` writes statuses (built by ``status``), ``expiry``

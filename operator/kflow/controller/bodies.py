@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from kflow._serde import describe_validation_error
 from kflow.controller.annotations import ACTIONS, EVENT_PREFIX
 from kflow.controller.runs import RunRef
-from kflow.resources import WorkflowRunSpec, WorkflowRunStatus, WorkflowSpec
+from kflow.resources import WorkflowDefinitionSpec, WorkflowRunSpec, WorkflowRunStatus
 
 __all__ = [
     "FIXED",
@@ -45,12 +45,12 @@ class Invalid:
 
 @dataclass(frozen=True)
 class WorkflowObject:
-    """A `Workflow` resource as seen: its identity, and its spec or why it is invalid."""
+    """A `WorkflowDefinition` resource as seen: its identity, and its spec or why it is invalid."""
 
     uid: str
     namespace: str
     name: str
-    spec: WorkflowSpec | Invalid
+    spec: WorkflowDefinitionSpec | Invalid
 
 
 def run_ref(body: Mapping[str, Any]) -> RunRef:
@@ -92,9 +92,9 @@ def kflow_annotations(body: Mapping[str, Any]) -> dict[str, str]:
 
 def workflow_object(body: Mapping[str, Any]) -> WorkflowObject:
     meta = body["metadata"]
-    spec: WorkflowSpec | Invalid
+    spec: WorkflowDefinitionSpec | Invalid
     try:
-        spec = WorkflowSpec.model_validate(dict(body.get("spec") or {}))
+        spec = WorkflowDefinitionSpec.model_validate(dict(body.get("spec") or {}))
     except ValidationError as exc:  # the CRD's schema lets little through
         spec = Invalid(describe_validation_error(exc))
     return WorkflowObject(

@@ -1,6 +1,6 @@
-"""`Catalog`: the `Workflow` resources the operator has seen, and where runs execute.
+"""`Catalog`: the `WorkflowDefinition` resources the operator has seen, and where runs execute.
 
-A `Workflow` object declares a workflow version as deployed code has it (name, version,
+A `WorkflowDefinition` object declares a workflow version as deployed code has it (name, version,
 signature) and where its segments run: ``inline`` in the operator, or ``pod`` from its
 pod template. The catalog answers, for a run, which executor takes it and with which
 template — from the objects in the run's own namespace, so teams sharing an operator do
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kflow.resources import PodTemplate, WorkflowSpec
+from kflow.resources import PodTemplate, WorkflowDefinitionSpec
 
 __all__ = ["Catalog", "Placement"]
 
@@ -32,12 +32,14 @@ class Placement:
 class Catalog:
     def __init__(self, default: Executor) -> None:
         self._default: Executor = default
-        self._by_uid: dict[str, tuple[str, WorkflowSpec]] = {}
+        self._by_uid: dict[str, tuple[str, WorkflowDefinitionSpec]] = {}
         self._names: dict[str, str] = {}
         # Looked up on every submit and status write: by (namespace, workflow), not a scan.
-        self._by_name: dict[tuple[str, str], dict[str, WorkflowSpec]] = {}
+        self._by_name: dict[tuple[str, str], dict[str, WorkflowDefinitionSpec]] = {}
 
-    def put(self, uid: str, namespace: str, spec: WorkflowSpec, *, name: str = "") -> None:
+    def put(
+        self, uid: str, namespace: str, spec: WorkflowDefinitionSpec, *, name: str = ""
+    ) -> None:
         self.remove(uid)  # the object may have been renamed to another workflow
         self._by_uid[uid] = (namespace, spec)
         self._names[uid] = name
@@ -54,7 +56,9 @@ class Catalog:
         if not self._by_name[key]:
             del self._by_name[key]
 
-    def find(self, namespace: str, workflow: str, version: int | None) -> WorkflowSpec | None:
+    def find(
+        self, namespace: str, workflow: str, version: int | None
+    ) -> WorkflowDefinitionSpec | None:
         """The object declaring ``workflow`` at ``version`` in ``namespace``, or its highest
         active version there."""
         specs = self._by_name.get((namespace, workflow), {}).values()

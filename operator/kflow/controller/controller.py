@@ -3,7 +3,7 @@
 Handlers parse bodies and call one method here. The controller keeps one record per
 WorkflowRun (`kflow.controller.runs.TrackedRun`), binds each to a run (its id is the
 object's uid, so creation is idempotent: `kflow.controller.adoption`), hands each segment
-to the executor its `Workflow` resource chooses (`kflow.controller.workflows`: inline, or
+to the executor its `WorkflowDefinition` resource chooses (`kflow.controller.workflows`: inline, or
 a Pod per segment), parks
 sleeping runs in the timer wheel, delivers annotation events and actions
 (`kflow.controller.delivery`), mirrors status (also from runners' progress

@@ -90,7 +90,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError("a segment Pod undoes the run before it goes", delay=delay)
 
     # Workflow resources: watched, never changed (no finalizer, no kopf annotations).
-    @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "workflowdefinitions", registry=registry)
     async def workflow(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
         if event["type"] == "DELETED":

@@ -136,9 +136,10 @@ class KubeApi:
                 raise
 
     async def list_workflows(self, namespaces: list[str]) -> list[dict[str, Any]]:
-        """`Workflow` objects in ``namespaces`` (all namespaces when empty)."""
+        """`WorkflowDefinition` objects in ``namespaces`` (all namespaces when empty)."""
         base = f"/apis/{GROUP}/{VERSION}"
-        paths = [f"{base}/namespaces/{ns}/workflows" for ns in namespaces] or [f"{base}/workflows"]
+        plural = "workflowdefinitions"
+        paths = [f"{base}/namespaces/{ns}/{plural}" for ns in namespaces] or [f"{base}/{plural}"]
         found: list[dict[str, Any]] = []
         for path in paths:
             found.extend((await self._send("GET", path, None, "")).get("items") or [])

@@ -3,7 +3,7 @@
 One Pod per segment (and per retry of a segment), named from the run and a number that
 the executor counts in PostgreSQL (``-s1``, ``-s2``...), and labelled with the run's
 uid, by which an operator that restarts finds — and adopts — the Pod it created.
-It runs ``kflow runner --run <id>`` from the Workflow's image, gets the store's DSN from a
+It runs ``kflow runner --run <id>`` from the WorkflowDefinition's image, gets the store's DSN from a
 Secret (never in the Pod spec), is owned by its WorkflowRun (deleted with it), carries
 labels linking run and segment, and satisfies the *restricted* Pod Security Standard by
 default: non-root, no privilege escalation, all capabilities dropped, RuntimeDefault

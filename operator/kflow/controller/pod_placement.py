@@ -1,7 +1,7 @@
 """Where a run's next segment Pod goes, or why it cannot go anywhere (as values).
 
 Read from the store each time: the runner binds the run's workflow version on its first
-segment, and the `Workflow` resource of that version (in the run's namespace) gives the
+segment, and the `WorkflowDefinition` resource of that version (in the run's namespace) gives the
 pod template. A run whose Workflow is missing or has no template, or an operator without
 the Secret runners read their database DSN from, is `Unplaceable`: the pod executor
 reports it and marks the run blocked until a Workflow resource changes.

@@ -1,4 +1,4 @@
-"""`WorkflowObjects`: the `Workflow` resources, as the controller sees them.
+"""`WorkflowObjects`: the `WorkflowDefinition` resources, as the controller sees them.
 
 Each object tells the catalog where its version's runs execute (inline, or from its pod
 template); runs blocked for want of one, or of its code, are tried again when it appears;
@@ -44,13 +44,13 @@ class WorkflowObjects:
         self._submit = submit
 
     async def load(self) -> None:
-        """Read the `Workflow` objects before any run is adopted: a run must not start
+        """Read the `WorkflowDefinition` objects before any run is adopted: a run must not start
         inline for want of the object that sends it to a Pod."""
         for body in await self._kube.list_workflows(self._namespaces):
             self.seen(workflow_object(body))
 
     def seen(self, seen: WorkflowObject) -> None:
-        """A `Workflow` resource was created or changed. Runs that were blocked for want
+        """A `WorkflowDefinition` resource was created or changed. Runs that were blocked for want
         of it, or of its code, are tried again."""
         if isinstance(seen.spec, Invalid):
             log.error("ignoring Workflow %s/%s: %s", seen.namespace, seen.name, seen.spec.message)
@@ -82,7 +82,7 @@ class WorkflowObjects:
                 try:
                     await self._kube.post_event(
                         namespace=namespace, name=name, uid=uid, type="Warning",
-                        reason="DefinitionConflict", message=message, kind="Workflow",
+                        reason="DefinitionConflict", message=message, kind="WorkflowDefinition",
                     )  # fmt: skip
                 except Exception as exc:  # an Event is a courtesy, as on runs
                     log.warning("could not post DefinitionConflict on %s/%s: %s",

@@ -1,8 +1,8 @@
-"""``kubectl kflow manifest``: the `Workflow` resources a module's definitions declare.
+"""``kubectl kflow manifest``: the `WorkflowDefinition` resources a module's definitions declare.
 
 The spec comes from the code itself (name, version, signature, steps, events, timeout),
 so the operator can tell the deployed code from a run's, and it passes through
-`kflow.resources.WorkflowSpec`, the model the CRD is generated from: what this prints is
+`kflow.resources.WorkflowDefinitionSpec`, the model the CRD is generated from: what this prints is
 what the API server accepts.
 """
 
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kflow._errors import DefinitionError
 from kflow._workflow import Registry, WorkflowDefinition
-from kflow.resources import GROUP, VERSION, WorkflowSpec
+from kflow.resources import GROUP, VERSION, WorkflowDefinitionSpec
 
 __all__ = [
     "ManifestError",
@@ -103,7 +103,7 @@ def workflow_object(definition: WorkflowDefinition, options: ManifestOptions) ->
             template["serviceAccountName"] = options.service_account
         spec["template"] = template
     try:
-        checked = WorkflowSpec.model_validate(spec)
+        checked = WorkflowDefinitionSpec.model_validate(spec)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ManifestError(f"workflow {definition.name!r}: {problems}") from None
@@ -112,7 +112,7 @@ def workflow_object(definition: WorkflowDefinition, options: ManifestOptions) ->
         metadata["namespace"] = options.namespace
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Workflow",
+        "kind": "WorkflowDefinition",
         "metadata": metadata,
         "spec": checked.model_dump(mode="json", by_alias=True, exclude_unset=True),
     }
