@@ -97,14 +97,23 @@ class Waiting(_Model):
 
 
 class Condition(_Model):
-    """``Ready``, ``Waiting`` and ``Blocked`` always; ``SpecChanged`` (True) while the
-    spec's workflow, version or input differs from what the run started with."""
+    """One condition of a run, by the Kubernetes API conventions. ``Succeeded``
+    (``Unknown`` until the run ends, then ``True`` or ``False``), ``Failed`` (``True``
+    once it ended otherwise than Completed: failed, compensated, cancelled, retired),
+    ``Waiting`` and ``Blocked`` always; ``SpecChanged`` (True) while the spec's workflow,
+    version or input differs from what the run started with. A condition that does not
+    hold has no message."""
 
-    type: Literal["Ready", "Waiting", "Blocked", "SpecChanged"]
+    type: Literal["Succeeded", "Failed", "Waiting", "Blocked", "SpecChanged"]
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str | None = None
     last_transition_time: datetime = Field(alias="lastTransitionTime")
+    observed_generation: int | None = Field(
+        default=None,
+        alias="observedGeneration",
+        description="The .metadata.generation the condition was set from.",
+    )
 
 
 class EventDelivery(_Model):
@@ -152,7 +161,10 @@ class WorkflowRunStatus(_Model):
     error: str | None = None
     events: list[EventDelivery] = Field(default_factory=list)
     executor: ExecutorView | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
 
@@ -220,6 +232,8 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
             return {**keep, "x-kubernetes-preserve-unknown-fields": True}
         for key in ("title", "$defs", "default"):
             node.pop(key, None)
+        if isinstance(node.get("description"), str):  # a docstring's line breaks
+            node["description"] = " ".join(node["description"].split())
         if not isinstance(node.get("additionalProperties", {}), dict):
             del node["additionalProperties"]  # extra="forbid": structural schemas prune
         return {k: walk(v) for k, v in node.items()}

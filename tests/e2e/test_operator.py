@@ -34,7 +34,7 @@ def test_a_multi_step_run_completes_with_per_step_status(
         ("work", "completed", 1), ("work#2", "completed", 1), ("work#3", "completed", 1),
     ]  # fmt: skip
     assert status["runId"] == runs.get("three")["metadata"]["uid"]
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
     table = runs.h.run("kubectl", "get", "wfr", "-n", runs.ns).stdout
     assert table.split("\n")[0].split() == [
         "NAME",
@@ -337,11 +337,18 @@ def test_every_action_gets_an_answer(operator: Operator, runs: Runs, tmp_path: P
 def test_retry_of_a_failed_run(operator: Operator, runs: Runs, tmp_path: Path) -> None:
     log, flag = tmp_path / "flaky.log", tmp_path / "flag"
     runs.apply("flaky", "flaky", {"log": str(log), "flag": str(flag)})
-    failed = runs.wait_phase("flaky", "Failed")
-    assert "flag is not there yet" in failed["error"]
+    kubectl_wait = ("kubectl", "wait", "-n", runs.ns, "wfr/flaky", "--timeout=30s")
+    runs.h.run(*kubectl_wait, "--for=condition=Failed")  # as a CI job waits for an end
+    failed = runs.status("flaky")
+    assert failed["phase"] == "Failed" and "flag is not there yet" in failed["error"]
+    by_type = {c["type"]: c for c in failed["conditions"]}
+    assert by_type["Succeeded"]["status"] == "False"
+    assert "flag is not there yet" in by_type["Failed"]["message"]
+    assert "message" not in by_type["Blocked"]  # Blocked=False carries no error
     flag.touch()
     runs.annotate("flaky", "kflow.io/retry", "")
-    assert runs.wait_phase("flaky", "Completed")["output"] == "flag found"
+    runs.h.run(*kubectl_wait, "--for=condition=Succeeded")
+    assert runs.status("flaky")["output"] == "flag found"
     assert any(e.startswith("Retried: retry: the run is ") for e in runs.events("flaky"))
     assert lines(log) == ["first"]  # the completed step did not run again
 

@@ -89,7 +89,7 @@ def test_follow_a_run_and_deliver_its_event(
     assert re.search(r'^Output: +"ana"$', done, re.M)
     assert re.search(r"^  record +completed +1 +\S+Z +\S+Z +\d+(ms|\.\d\ds)$", done, re.M), done
     assert re.search(r"^  approved +consumed +by @event:approved#1$", done, re.M), done
-    assert re.search(r"^  Ready +True +Completed ", done, re.M), done
+    assert re.search(r"^  Succeeded +True +Completed ", done, re.M), done
     assert re.search(r"^  Normal +Completed +\S+ +kflow-operator ", done, re.M), done
 
 

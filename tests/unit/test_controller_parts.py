@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from kflow import Clock, RunStatus, StepState, StepStatus, VirtualClock
 from kflow._clock import SystemClock
 from kflow._models import RunRecord, StepKind, SuspendKind
@@ -113,22 +115,56 @@ def test_status_conditions_and_waiting() -> None:
     assert first.current_step == "@event:approved#1"
     conditions = {c.type: (c.status, c.reason) for c in first.conditions}
     assert conditions == {
-        "Ready": ("False", "Waiting"),
+        "Succeeded": ("Unknown", "Waiting"),
+        "Failed": ("False", "Waiting"),
         "Waiting": ("True", "Event"),
         "Blocked": ("False", "NotBlocked"),
     }
+    assert {c.observed_generation for c in first.conditions} == {1}
     later = build_status(run, [wait], [], now=NOW + timedelta(hours=1), generation=1,
                          previous=first)  # fmt: skip
     assert later.conditions == first.conditions  # no transition, same times
     done = build_status(_run(status=RunStatus.COMPLETED, output=1), [], [],
                         now=NOW + timedelta(hours=2), generation=1, previous=later)  # fmt: skip
-    ready = next(c for c in done.conditions if c.type == "Ready")
+    ready = next(c for c in done.conditions if c.type == "Succeeded")
     assert ready.status == "True" and ready.last_transition_time == NOW + timedelta(hours=2)
     assert done.current_step is None and done.waiting is None
     cancelled = build_status(_run(status=RunStatus.COMPENSATED), [wait], [], now=NOW,
                              generation=1)  # fmt: skip
     assert [s.state for s in cancelled.steps] == ["interrupted"]  # not still "waiting"
     assert first.steps[0].state == "waiting"
+
+
+@pytest.mark.parametrize(
+    ("phase", "succeeded", "failed"),
+    [
+        (RunStatus.CREATED, "Unknown", "False"),
+        (RunStatus.RUNNING, "Unknown", "False"),
+        (RunStatus.COMPENSATING, "Unknown", "False"),
+        (RunStatus.BLOCKED_SIGNATURE_MISMATCH, "Unknown", "False"),
+        (RunStatus.COMPLETED, "True", "False"),
+        (RunStatus.FAILED, "False", "True"),
+        (RunStatus.COMPENSATED, "False", "True"),
+        (RunStatus.CANCELLED_BY_OPERATOR, "False", "True"),
+        (RunStatus.RETIRED_UNRESUMABLE, "False", "True"),
+    ],
+)
+def test_terminal_conditions_by_phase(phase: RunStatus, succeeded: str, failed: str) -> None:
+    """One condition to wait on for success and one for failure; each reason is the
+    phase, and the run's error is the message only of the condition that reports it."""
+    run = _run(status=phase, error="boom: card declined")
+    status = build_status(run, [], [], now=NOW, generation=3)
+    by_type = {c.type: c for c in status.conditions}
+    assert (by_type["Succeeded"].status, by_type["Failed"].status) == (succeeded, failed)
+    assert by_type["Succeeded"].reason == by_type["Failed"].reason == phase.value
+    messages = {c.type: c.message for c in status.conditions if c.message}
+    if failed == "True":
+        assert messages == {"Succeeded": "boom: card declined", "Failed": "boom: card declined"}
+    elif phase.is_blocked:
+        assert messages == {"Blocked": "boom: card declined"}
+    else:  # nothing holds that the error explains: Blocked=False says nothing
+        assert messages == {}
+    assert all(c.observed_generation == 3 for c in status.conditions)
 
 
 async def test_timer_wheel_fires_once_each_in_order() -> None:
@@ -252,7 +288,7 @@ async def test_mirror_starts_from_the_live_status_and_keeps_little_of_finished_r
     (status,) = fake.bodies
     times = {c["type"]: c["lastTransitionTime"] for c in status["conditions"]}
     assert times["Blocked"] == NOW.isoformat().replace("+00:00", "Z")
-    assert times["Ready"] != times["Blocked"]
+    assert times["Succeeded"] != times["Blocked"]
 
     # Finished and written: touching it again writes nothing; a refused event does.
     mirror.touch(run_id, urgent=True)

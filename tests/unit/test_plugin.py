@@ -150,7 +150,7 @@ FULL_STATUS: dict[str, Any] = {
     "executor": {"kind": "pod", "pod": "order-7-3f0c-s2", "message": "OOMKilled"},
     "output": {"big": "x" * 700},
     "conditions": [
-        {"type": "Ready", "status": "False", "reason": "Waiting",
+        {"type": "Succeeded", "status": "Unknown", "reason": "Waiting",
          "lastTransitionTime": "2024-05-01T10:00:10Z"},
         {"type": "Waiting", "status": "True", "reason": "Event", "message": "event paid",
          "lastTransitionTime": "2024-05-01T10:00:10Z"},
@@ -196,9 +196,9 @@ Events delivered:
   note   pending
   paid   consumed   by @event:paid#0
 Conditions:
-  TYPE      STATUS   REASON    SINCE   MESSAGE
-  Ready     False    Waiting   4m50s
-  Waiting   True     Event     4m50s   event paid
+  TYPE        STATUS    REASON    SINCE   MESSAGE
+  Succeeded   Unknown   Waiting   4m50s
+  Waiting     True      Event     4m50s   event paid
 Events:
   TYPE      REASON          AGE                FROM             MESSAGE
   Warning   EventRejected   4m30s              kflow-operator   event.kflow.io/paid: not JSON

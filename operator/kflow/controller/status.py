@@ -89,26 +89,58 @@ def _state(run: RunRecord, step: StepState) -> str:
     return step.status.value
 
 
+def _ending(run: RunRecord) -> tuple[str, str]:
+    """``Succeeded`` and ``Failed`` for the run's phase (which is their reason): as
+    Tekton's and Knative's ``Succeeded`` (Unknown until the run ends), and as a Job's
+    ``Failed``, so ``kubectl wait --for=condition=Succeeded`` and
+    ``--for=condition=Failed`` each wait for one way a run ends. A compensated,
+    cancelled or retired run did not succeed: it is ``Failed``."""
+    if run.status == RunStatus.COMPLETED:
+        return "True", "False"
+    if run.status.is_terminal:
+        return "False", "True"
+    return "Unknown", "False"
+
+
 def _conditions(
-    run: RunRecord, now: datetime, previous: list[Condition], spec_changed: str | None
+    run: RunRecord,
+    now: datetime,
+    previous: list[Condition],
+    spec_changed: str | None,
+    generation: int | None,
 ) -> list[Condition]:
+    """The run's conditions, by the API conventions: each type once, a reason always, a
+    message only where there is something to say (a condition that does not hold says
+    nothing: ``Blocked=False`` does not carry the run's error), the time each last
+    changed its status, and the generation they were computed from."""
     before: dict[str, Condition] = {c.type: c for c in previous}
     blocked = run.status.is_blocked
-    wanted: list[tuple[str, bool, str, str]] = [
-        ("Ready", run.status == RunStatus.COMPLETED, run.status.value, run.error or ""),
+    succeeded, failed = _ending(run)
+    phase, error = run.status.value, run.error or ""
+    wanted: list[tuple[str, str, str, str]] = [
+        ("Succeeded", succeeded, phase, error if succeeded == "False" else ""),
+        ("Failed", failed, phase, error if failed == "True" else ""),
         (
             "Waiting",
-            run.status == RunStatus.WAITING,
-            (run.suspend_kind.value.capitalize() if run.suspend_kind else "NotWaiting"),
-            f"event {run.waiting_event}" if run.waiting_event else "",
+            "True" if run.status == RunStatus.WAITING else "False",
+            run.suspend_kind.value.capitalize()
+            if run.status == RunStatus.WAITING and run.suspend_kind
+            else "NotWaiting",
+            f"event {run.waiting_event}"
+            if run.status == RunStatus.WAITING and run.waiting_event
+            else "",
         ),
-        ("Blocked", blocked, run.status.value if blocked else "NotBlocked", run.error or ""),
+        (
+            "Blocked",
+            "True" if blocked else "False",
+            phase if blocked else "NotBlocked",
+            error if blocked else "",
+        ),
     ]
     if spec_changed is not None:  # shown only while it holds
-        wanted.append(("SpecChanged", True, "SpecChanged", spec_changed))
+        wanted.append(("SpecChanged", "True", "SpecChanged", spec_changed))
     out = []
-    for kind, on, reason, message in wanted:
-        status = "True" if on else "False"
+    for kind, status, reason, message in wanted:
         old = before.get(kind)
         since = old.last_transition_time if old is not None and old.status == status else now
         out.append(
@@ -119,6 +151,7 @@ def _conditions(
                     "reason": reason,
                     "message": _cut(message) or None,  # "" reads back as null on 1.20
                     "lastTransitionTime": since,
+                    "observedGeneration": generation,
                 }
             )
         )
@@ -179,7 +212,7 @@ def build_status(
             "error": _cut(run.error),
             "events": _events(events, refused),
             "conditions": _conditions(
-                run, now, previous.conditions if previous else [], spec_changed
+                run, now, previous.conditions if previous else [], spec_changed, generation
             ),
             "observedGeneration": generation,
         }
