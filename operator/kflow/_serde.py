@@ -61,5 +61,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        # A validator's ValueError reads "Value error, <its message>": the message alone.
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}")
     return "; ".join(parts)

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "GROUP",
     "VERSION",
     "Condition",
     "ExecutorView",
+    "RESERVED_VOLUME",
+    "LocalObjectReference",
     "PodTemplate",
     "StepStatusView",
     "Waiting",
@@ -168,6 +170,19 @@ class WorkflowRunStatus(_Model):
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
 
+RESERVED_VOLUME = "tmp"
+"""The segment Pod's own volume: the writable ``/tmp`` under a read-only root."""
+
+RESERVED_LABEL_PREFIX = "kflow.io/"
+"""Labels kflow sets on segment Pods (the run, the segment): a template cannot set them."""
+
+
+class LocalObjectReference(_Model):
+    """A Secret in the run's namespace, by name."""
+
+    name: str = Field(min_length=1)
+
+
 class PodTemplate(_Model):
     """Where the pod executor runs this workflow's segments."""
 
@@ -186,6 +201,42 @@ class PodTemplate(_Model):
     service_account_name: str | None = Field(default=None, alias="serviceAccountName")
     node_selector: dict[str, str] | None = Field(default=None, alias="nodeSelector")
     tolerations: list[JSON] = Field(default_factory=list)
+    affinity: JSON = None
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        alias="imagePullSecrets",
+        description="Secrets to pull the image with, added to the operator's "
+        "(KFLOW_RUNNER_IMAGE_PULL_SECRETS).",
+    )
+    volumes: list[JSON] = Field(
+        default_factory=list, description="More volumes of the Pod (``tmp`` is kflow's own)."
+    )
+    volume_mounts: list[JSON] = Field(
+        default_factory=list,
+        alias="volumeMounts",
+        description="Where the runner container mounts them (``/tmp`` is kflow's own).",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="More labels of the Pod (``kflow.io/`` ones are kflow's own).",
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Pod.")
+
+    @model_validator(mode="after")
+    def _nothing_of_kflows_own(self) -> PodTemplate:
+        """A template adds to the segment Pod; it cannot replace what kflow relies on."""
+        if RESERVED_VOLUME in [v.get("name") for v in self.volumes if isinstance(v, dict)]:
+            raise ValueError(f"volumes: {RESERVED_VOLUME!r} is the segment Pod's own (/tmp)")
+        mounts = [m.get("mountPath") for m in self.volume_mounts if isinstance(m, dict)]
+        if any(isinstance(path, str) and path.rstrip("/") == "/tmp" for path in mounts):
+            raise ValueError("volumeMounts: /tmp is the segment Pod's own; mount elsewhere")
+        taken = sorted(k for k in self.labels if k.startswith(RESERVED_LABEL_PREFIX))
+        if taken:
+            raise ValueError(
+                f"labels: {', '.join(taken)}: {RESERVED_LABEL_PREFIX} labels are kflow's own "
+                "(they link a Pod to its run)"
+            )
+        return self
 
 
 class WorkflowDefinitionSpec(_Model):

@@ -89,6 +89,10 @@ class OperatorSettings(StoreSettings):
     runner_dsn_key: str = "dsn"
     """Key of the DSN in `runner_dsn_secret`."""
 
+    runner_image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets (names, JSON list) every segment Pod pulls its image with, in the run's
+    namespace; a WorkflowDefinition's ``template.imagePullSecrets`` adds to them."""
+
     runner_service_account: str | None = None
     """ServiceAccount of segment Pods whose template names none (the Helm chart's, which
     has no rights); the namespace's default otherwise."""

@@ -81,7 +81,8 @@ def test_a_run_goes_through_one_pod_per_segment(
     pod_operator: Operator, runs: Runs, tmp_path: Path
 ) -> None:
     log = tmp_path / "journey.log"
-    declare(runs, "journey")
+    declare(runs, "journey", labels={"team": "travel"}, annotations={"note": "from template"},
+            imagePullSecrets=[{"name": "travel-registry"}])  # fmt: skip
     runs.apply("trip", "journey", {"log": str(log), "sleep_seconds": 1})
     status = wait_for(
         lambda: (s := runs.status("trip")).get("waiting", {}).get("kind") == "event" and s,
@@ -99,8 +100,30 @@ def test_a_run_goes_through_one_pod_per_segment(
     assert [p.metadata.name for p in segment_pods] == [f"trip-{uid[:8]}-s{n}" for n in (1, 2, 3)]
     for pod in segment_pods:
         assert pod.status.phase == "Succeeded"
+        assert pod.metadata.labels["team"] == "travel"
+        assert pod.metadata.annotations["note"] == "from template"
+        assert [s.name for s in pod.spec.image_pull_secrets] == ["travel-registry"]
         assert pod.metadata.owner_references[0].uid == uid
         assert pod.spec.containers[0].security_context.run_as_non_root is True
+
+
+def test_an_invalid_definition_is_ignored_and_says_why(pod_operator: Operator, runs: Runs) -> None:
+    """What the CRD's schema cannot check (nothing of kflow's own may be replaced) is
+    refused by the operator, with a Warning Event naming the field."""
+    declare(runs, "steps", labels={"kflow.io/run": "mine"})
+    name = "steps-v1"
+
+    def warned() -> list[str]:
+        core = client.CoreV1Api(runs.objects.api_client)
+        found = core.list_namespaced_event(runs.ns, field_selector=f"involvedObject.name={name}")
+        return [f"{e.reason}: {e.message}" for e in found.items if e.type == "Warning"]
+
+    (event,) = wait_for(warned, timeout=30, what="the InvalidDefinition Event")
+    assert event.startswith("InvalidDefinition: ignored: ")
+    assert "template: labels: kflow.io/run: kflow.io/ labels are kflow's own" in event, event
+    runs.apply("unplaced", "steps", {"log": "/dev/null", "steps": 1})
+    # No definition places the run, and the operator has no code for it: it waits.
+    assert runs.wait_phase("unplaced", "BlockedMissingHandler", timeout=30)
 
 
 def test_status_shows_steps_while_the_pod_runs(

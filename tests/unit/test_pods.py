@@ -3,6 +3,7 @@ restricted security), reading how a Pod ended, and where a run's segments go."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -73,6 +74,55 @@ def test_steal_modules_and_the_default_service_account() -> None:
     (container,) = pod["spec"]["containers"]
     assert container["args"] == ["runner", "--run", REF.uid, "--steal"]
     assert "KFLOW_WORKFLOW_MODULES" not in {e["name"] for e in container["env"]}
+
+
+def test_a_template_adds_volumes_pull_secrets_affinity_labels_and_annotations() -> None:
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["batch"]}]}]}}}  # fmt: skip
+    template = PodTemplate.model_validate({
+        "image": "orders:1", "affinity": affinity,
+        "imagePullSecrets": [{"name": "team-registry"}, {"name": "shared-registry"}],
+        "volumes": [{"name": "certs", "secret": {"secretName": "orders-ca"}}],
+        "volumeMounts": [{"name": "certs", "mountPath": "/etc/orders", "readOnly": True}],
+        "labels": {"team": "orders", "app.kubernetes.io/managed-by": "someone-else"},
+        "annotations": {"prometheus.io/scrape": "false"},
+    })  # fmt: skip
+    pod = segment_pod(REF, segment=1, template=template, dsn_secret="db", schema="kflow",
+                      image_pull_secrets=["shared-registry", "kflow-registry"])  # fmt: skip
+    meta, spec = pod["metadata"], pod["spec"]
+    assert spec["affinity"] == affinity
+    assert spec["imagePullSecrets"] == [  # the operator's first, each once
+        {"name": "shared-registry"}, {"name": "kflow-registry"}, {"name": "team-registry"},
+    ]  # fmt: skip
+    assert spec["volumes"] == [
+        {"name": "tmp", "emptyDir": {}}, {"name": "certs", "secret": {"secretName": "orders-ca"}},
+    ]  # fmt: skip
+    (container,) = spec["containers"]
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "certs", "mountPath": "/etc/orders", "readOnly": True},
+    ]
+    assert meta["labels"]["team"] == "orders" and meta["labels"][RUN_LABEL] == REF.uid
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "kflow"  # kflow's own wins
+    assert meta["annotations"] == {"prometheus.io/scrape": "false"}
+    bare = segment_pod(REF, segment=1, template=PodTemplate(image="orders:1"),
+                       dsn_secret="db", schema="kflow")  # fmt: skip
+    assert "imagePullSecrets" not in bare["spec"] and "annotations" not in bare["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [
+        ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "volumes: 'tmp' is the segment Pod's"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/tmp/"}]}, "volumeMounts: /tmp is"),
+        ({"labels": {"kflow.io/run": "x"}}, "labels: kflow.io/run: kflow.io/ labels are"),
+        ({"imagePullSecrets": [{}]}, "imagePullSecrets.0.name"),
+    ],
+)
+def test_a_template_cannot_replace_what_kflow_relies_on(field: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        PodTemplate.model_validate({"image": "orders:1", **field})
 
 
 def _pod(phase: str, **status: object) -> dict[str, object]:

@@ -96,7 +96,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         if event["type"] == "DELETED":
             controller.workflows.deleted(event["object"]["metadata"]["uid"])
         else:
-            controller.workflows.seen(workflow_object(event["object"]))
+            await controller.workflows.seen(workflow_object(event["object"]))
 
     @kopf.on.event("v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     async def pod(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:

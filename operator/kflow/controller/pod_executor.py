@@ -197,6 +197,7 @@ class PodExecutor:
             schema=self._settings.schema_name, dsn_secret=self._settings.runner_dsn_secret,
             dsn_key=self._settings.runner_dsn_key, steal=steal,
             service_account=self._settings.runner_service_account,
+            image_pull_secrets=self._settings.runner_image_pull_secrets,
         )  # fmt: skip
         try:
             await self._kube.create_pod(pod)

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from kflow.controller.runs import RunRef
-from kflow.resources import GROUP, VERSION, PodTemplate
+from kflow.resources import GROUP, RESERVED_VOLUME, VERSION, PodTemplate
 
 __all__ = [
     "RUN_LABEL",
@@ -62,9 +62,11 @@ def segment_pod(
     schema: str,
     steal: bool = False,
     service_account: str | None = None,
+    image_pull_secrets: list[str] | None = None,
 ) -> dict[str, Any]:
     """The Pod manifest for segment ``segment`` of the run behind ``ref``; ``steal``: the
-    runner takes the lease even if held (the previous segment's Pod is known dead)."""
+    runner takes the lease even if held (the previous segment's Pod is known dead);
+    ``image_pull_secrets``: the operator's, before the template's own."""
     env = [
         {"name": "KFLOW_DSN", "valueFrom": {"secretKeyRef": {"name": dsn_secret, "key": dsn_key}}},
         {"name": "KFLOW_SCHEMA", "value": schema},
@@ -80,7 +82,7 @@ def segment_pod(
         "env": env,
         "envFrom": template.env_from,
         # The root filesystem is read-only: workflow code gets a writable /tmp.
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": RESERVED_VOLUME, "mountPath": "/tmp"}, *template.volume_mounts],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -95,36 +97,47 @@ def segment_pod(
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": RESERVED_VOLUME, "emptyDir": {}}, *template.volumes],
     }
+    pull = [*(image_pull_secrets or []), *(s.name for s in template.image_pull_secrets)]
+    if pull:
+        spec["imagePullSecrets"] = [{"name": name} for name in dict.fromkeys(pull)]
     if template.service_account_name or service_account:
         spec["serviceAccountName"] = template.service_account_name or service_account
     if template.node_selector:
         spec["nodeSelector"] = template.node_selector
     if template.tolerations:
         spec["tolerations"] = template.tolerations
+    if template.affinity:
+        spec["affinity"] = template.affinity
+    metadata: dict[str, Any] = {
+        "name": pod_name(ref, segment),
+        "namespace": ref.namespace,
+        # The template's labels first: kflow's own cannot be replaced (the model refuses
+        # kflow.io/ keys; managed-by is set last).
+        "labels": {
+            **template.labels,
+            RUN_LABEL: ref.uid,
+            SEGMENT_LABEL: str(segment),
+            "app.kubernetes.io/managed-by": "kflow",
+        },
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "WorkflowRun",
+                "name": ref.name,
+                "uid": ref.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if template.annotations:
+        metadata["annotations"] = dict(template.annotations)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": pod_name(ref, segment),
-            "namespace": ref.namespace,
-            "labels": {
-                RUN_LABEL: ref.uid,
-                SEGMENT_LABEL: str(segment),
-                "app.kubernetes.io/managed-by": "kflow",
-            },
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "WorkflowRun",
-                    "name": ref.name,
-                    "uid": ref.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
+        "metadata": metadata,
         "spec": spec,
     }
 

@@ -47,14 +47,18 @@ class WorkflowObjects:
         """Read the `WorkflowDefinition` objects before any run is adopted: a run must not start
         inline for want of the object that sends it to a Pod."""
         for body in await self._kube.list_workflows(self._namespaces):
-            self.seen(workflow_object(body))
+            await self.seen(workflow_object(body))
 
-    def seen(self, seen: WorkflowObject) -> None:
-        """A `WorkflowDefinition` resource was created or changed. Runs that were blocked for want
-        of it, or of its code, are tried again."""
+    async def seen(self, seen: WorkflowObject) -> None:
+        """A `WorkflowDefinition` resource was created or changed. Runs that were blocked
+        for want of it, or of its code, are tried again. One that does not validate (what
+        the CRD's schema cannot check) is ignored, and says why: a log line and a Warning
+        Event ``InvalidDefinition`` on it, naming the field."""
         if isinstance(seen.spec, Invalid):
-            log.error("ignoring Workflow %s/%s: %s", seen.namespace, seen.name, seen.spec.message)
+            message = f"ignored: {seen.spec.message}"
+            log.error("WorkflowDefinition %s/%s %s", seen.namespace, seen.name, message)
             self._catalog.remove(seen.uid)
+            await self._warn(seen.namespace, seen.name, seen.uid, "InvalidDefinition", message)
             return
         self._catalog.put(seen.uid, seen.namespace, seen.spec, name=seen.name)
         for record in list(self._runs.values()):
@@ -70,7 +74,7 @@ class WorkflowObjects:
     async def report_conflicts(self, conflicts: list[DefinitionConflict]) -> None:
         """Report the workflow versions PostgreSQL records with another signature than
         this code's (`Engine.register_definitions`; their runs block): an ERROR log line,
-        the ``kflow_definition_conflicts`` gauge, and a Warning Event on each `Workflow`
+        the ``kflow_definition_conflicts`` gauge, and a Warning Event on each `WorkflowDefinition`
         object of that name and version (read by `load`)."""
         for conflict in conflicts:
             log.error("definition conflict: %s (recorded %s, code %s)",
@@ -79,14 +83,16 @@ class WorkflowObjects:
             self._metrics.definition_conflicts.labels(*labels).set(1)
             message = f"{conflict.message} (recorded {conflict.stored}, code {conflict.code})"
             for uid, namespace, name in self._catalog.objects(conflict.name, conflict.version):
-                try:
-                    await self._kube.post_event(
-                        namespace=namespace, name=name, uid=uid, type="Warning",
-                        reason="DefinitionConflict", message=message, kind="WorkflowDefinition",
-                    )  # fmt: skip
-                except Exception as exc:  # an Event is a courtesy, as on runs
-                    log.warning("could not post DefinitionConflict on %s/%s: %s",
-                                namespace, name, exc)  # fmt: skip
+                await self._warn(namespace, name, uid, "DefinitionConflict", message)
+
+    async def _warn(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        try:
+            await self._kube.post_event(
+                namespace=namespace, name=name, uid=uid, type="Warning",
+                reason=reason, message=message, kind="WorkflowDefinition",
+            )  # fmt: skip
+        except Exception as exc:  # an Event is a courtesy, as on runs
+            log.warning("could not post %s on %s/%s: %s", reason, namespace, name, exc)
 
     def deleted(self, uid: str) -> None:
         self._catalog.remove(uid)
