@@ -126,6 +126,15 @@ class LocalPostgres(Service):
         )  # fmt: skip
         return self
 
+    def restart(self, mode: str = "immediate") -> None:
+        """Restart the server on the same port and data: ``immediate`` drops every
+        connection at once and makes the server recover from its WAL, as a crashed
+        primary does (or a failover, seen from a client: the same address answers anew)."""
+        assert self._tmp is not None  # datadir checked it
+        log = str(self._tmp / "server.log")  # not our stdout: the server outlives pg_ctl
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-l", log,
+                  "-w", "restart")  # fmt: skip
+
     def stop(self) -> None:
         if self._tmp is None:
             return
