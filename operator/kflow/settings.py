@@ -144,7 +144,50 @@ class OperatorSettings(StoreSettings):
     """Largest output copied into the status; larger ones are truncated there."""
 
     health_port: int = 8080
-    """Port of the liveness endpoint (``/healthz``), which also checks the database."""
+    """Port of the health endpoints: ``/healthz`` (liveness: the process and its kopf
+    operator run; never the database) and ``/readyz`` (readiness: the database answers)."""
+
+    leader_election: bool = False
+    """Run as one of several replicas: only the holder of the Lease `leader_lease` acts;
+    the others wait as hot standbys (serving the webhook, writing nothing)."""
+
+    leader_lease: str = "kflow-operator"
+    """Name of the ``coordination.k8s.io/v1`` Lease the replicas elect a leader with."""
+
+    leader_namespace: str | None = None
+    """Namespace of that Lease (the operator's own); required with `leader_election`."""
+
+    pod_name: str | None = None
+    """This replica's name in the Lease's ``holderIdentity`` (the downward API's
+    ``metadata.name``); hostname and pid otherwise. A random suffix is always added, so a
+    restarted container never takes its predecessor's lease for its own."""
+
+    leader_lease_duration: Duration = timedelta(seconds=8)
+    """A standby takes the Lease over once it has seen it unrenewed this long."""
+
+    leader_renew_deadline: Duration = timedelta(seconds=5)
+    """A leader that has not renewed the Lease for this long exits at once (before a
+    standby can take over, `leader_lease_duration` after the last renewal it saw)."""
+
+    leader_retry_period: Duration = timedelta(seconds=1)
+    """How often the leader renews the Lease and a standby looks at it."""
+
+    @model_validator(mode="after")
+    def _leader_election_configured(self) -> OperatorSettings:
+        if not self.leader_election:
+            return self
+        if not self.leader_namespace:
+            raise ValueError(
+                "KFLOW_LEADER_ELECTION needs KFLOW_LEADER_NAMESPACE: the namespace of the "
+                "Lease the replicas elect their leader with (the operator's own)"
+            )
+        if not (self.leader_retry_period < self.leader_renew_deadline < self.leader_lease_duration):
+            raise ValueError(
+                "KFLOW_LEADER_RETRY_PERIOD < KFLOW_LEADER_RENEW_DEADLINE < "
+                "KFLOW_LEADER_LEASE_DURATION must hold: a leader stops before a standby "
+                "may take over"
+            )
+        return self
 
     webhook_port: int = 0
     """Port of the validating admission webhook (0: no webhook). It refuses WorkflowRuns

@@ -32,12 +32,14 @@ __all__ = ["FINALIZER", "build_registry"]
 FINALIZER = "kflow.io/finalizer"
 
 
-def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
+def build_registry(*, admission: bool, watching: bool = True) -> kopf.OperatorRegistry:
     """The handlers; ``admission`` adds the validating webhook's (kopf refuses to start
-    with admission handlers and no webhook server)."""
+    with admission handlers and no webhook server). ``watching=False`` leaves out the
+    watch handlers: a standby's kopf, which serves the webhook, watches nothing."""
     registry = kopf.OperatorRegistry()
+    watched = registry if watching else kopf.OperatorRegistry()  # that one never runs
     runs: dict[str, Any] = {
-        "group": GROUP, "version": VERSION, "plural": "workflowruns", "registry": registry,
+        "group": GROUP, "version": VERSION, "plural": "workflowruns", "registry": watched,
     }  # fmt: skip
 
     @kopf.on.login(registry=registry)
@@ -90,7 +92,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError("a segment Pod undoes the run before it goes", delay=delay)
 
     # Workflow resources: watched, never changed (no finalizer, no kopf annotations).
-    @kopf.on.event(GROUP, VERSION, "workflowdefinitions", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "workflowdefinitions", registry=watched)
     async def workflow(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
         if event["type"] == "DELETED":
@@ -98,7 +100,7 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         else:
             await controller.workflows.seen(workflow_object(event["object"]))
 
-    @kopf.on.event("v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=watched)
     async def pod(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo["controller"]
         controller.pods.pod_event(read_pod(event["object"], deleted=event["type"] == "DELETED"))
@@ -137,13 +139,10 @@ def build_registry(*, admission: bool) -> kopf.OperatorRegistry:
         )
 
     if admission:
-        kopf.on.validate(**runs, id="input", operation="CREATE", ignore_failures=True)(validate)
-        kopf.on.validate(**runs, id="fixed", operation="UPDATE", ignore_failures=True)(fixed)
-
-    @kopf.on.probe(id="database", registry=registry)
-    async def database(memo: kopf.Memo, **_: Any) -> str:
-        controller: Controller = memo["controller"]
-        await controller.engine.store.ping()
-        return "ok"
-
+        admitting = {**runs, "registry": registry}
+        kopf.on.validate(**admitting, id="input", operation="CREATE", ignore_failures=True)(
+            validate
+        )
+        kopf.on.validate(**admitting, id="fixed", operation="UPDATE", ignore_failures=True)(fixed)
+    # No @kopf.on.probe: liveness never asks the database (kflow.controller.health).
     return registry

@@ -188,6 +188,41 @@ class KubeApi:
             raise
         return True
 
+    # -- the leader's Lease (coordination.k8s.io/v1), `kflow.controller.kube_lease` ----
+
+    @staticmethod
+    def _lease_path(namespace: str, name: str = "") -> str:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        return f"{path}/{name}" if name else path
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Lease, or None if there is none."""
+        try:
+            body: dict[str, Any] = await self._send(
+                "GET", self._lease_path(namespace, name), None, ""
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    async def create_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create the Lease; `ApiError` 409 if another replica made it first."""
+        body: dict[str, Any] = await self._send(
+            "POST", self._lease_path(namespace), lease, "application/json"
+        )
+        return body
+
+    async def replace_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """Replace the Lease (a PUT carrying the ``resourceVersion`` read): `ApiError` 409
+        if another replica wrote it since, so two can never both believe they took it."""
+        name = lease["metadata"]["name"]
+        body: dict[str, Any] = await self._send(
+            "PUT", self._lease_path(namespace, name), lease, "application/json"
+        )
+        return body
+
     async def post_event(
         self,
         *,

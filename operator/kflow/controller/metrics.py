@@ -10,7 +10,9 @@
 - ``kflow_pod_problems_total{reason}``: segment Pods that failed (``SegmentFailed``), do
   not start (``PodNotStarting``) or cannot be made (``NoPodTemplate``);
 - ``kflow_definition_conflicts{workflow,version}``: 1 for each workflow version that
-  PostgreSQL records with another signature than this operator's code (its runs block).
+  PostgreSQL records with another signature than this operator's code (its runs block);
+- ``kflow_leader``: 1 while this replica is the active operator, 0 on standby
+  (``KFLOW_LEADER_ELECTION``).
 
 Step durations are observed for inline runs; a segment Pod's steps are recorded by its
 runner (their timings are in each run's status and in PostgreSQL).
@@ -58,6 +60,8 @@ class Metrics:
             "Workflow versions recorded with another signature than this code's (runs block)",
             ["workflow", "version"], registry=r,
         )  # fmt: skip
+        self.leader = Gauge("kflow_leader", "1 while this replica is the active operator",
+                            registry=r)  # fmt: skip
         for status in RunStatus:
             self.runs.labels(status.value)
 
