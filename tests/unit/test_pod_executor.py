@@ -61,7 +61,7 @@ class _Catalog:
 SETTINGS = SimpleNamespace(
     pod_start_timeout=timedelta(seconds=0.05), pod_ttl=timedelta(hours=1), segment_retries=3,
     schema_name="kflow", runner_dsn_secret="kflow-dsn", runner_dsn_key="dsn",
-    runner_service_account=None, pod_grace_seconds=5,
+    runner_service_account=None, runner_image_pull_secrets=[], pod_grace_seconds=5,
 )  # fmt: skip
 
 
