@@ -175,6 +175,10 @@ async def _kopf(
     kopf_settings.posting.enabled = False  # kflow posts its own Events, on phase changes
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.diffbase_storage = _NoDiffBase()
+    # Watching listed namespaces needs no cluster-wide scan of namespaces and CRDs, which a
+    # namespaced operator's RBAC forbids: kopf retried it ~55 s before it began. The CRDs
+    # are there by now (the WorkflowDefinition listing before kopf starts found them).
+    kopf_settings.scanning.disabled = bool(settings.namespaces)
     # Only segment Pods, filtered by the API server (kopf's own filter is client-side).
     kopf_settings.watching.label_selectors["v1", "pods"] = RUN_LABEL
     if settings.webhook_port:
