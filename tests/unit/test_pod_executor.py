@@ -146,7 +146,8 @@ async def test_a_pod_that_does_not_start_in_time_fails_its_segment() -> None:
     executor.submit(run)
     await _until(lambda: run.pod.state is PodState.RUNNING)
     pod = run.pod.pod
-    await _until(lambda: seen.kube.deleted)
+    # The Pod is deleted, then the failure reported (after the delete's await): wait for both.
+    await _until(lambda: seen.kube.deleted and seen.problems)
     assert seen.kube.deleted == [pod]
     assert len(seen.problems) == 1 and "did not start within" in seen.problems[0]
     assert run.pod.state is PodState.IDLE and run.pod_failures == 1
